@@ -1,0 +1,74 @@
+import numpy as np
+import pytest
+import torch
+
+from dpir_fast.reference.noise import draw_noise, noise_offsets, philox4x32, philox_randn
+
+
+def words(*values):
+    return [torch.tensor([v], dtype=torch.int64) for v in values]
+
+
+@pytest.mark.parametrize("key,counter,expected", [
+    # Random123's known-answer vectors for Philox4x32-10.
+    (0, (0, 0, 0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+    (0xFFFFFFFFFFFFFFFF, (0xFFFFFFFF,) * 4, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+    (0x299F31D0A4093822, (0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344),
+     (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
+])
+def test_philox_known_answers(key, counter, expected):
+    out = philox4x32(key, *words(*counter))
+    assert [int(w) for w in out] == list(expected)
+
+
+def test_matches_triton_randn(device):
+    triton = pytest.importorskip("triton")
+    import triton.language as tl
+
+    @triton.jit
+    def randn_kernel(out_ptr, off_ptr, seed, n, BLOCK: tl.constexpr):
+        i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        offsets = tl.load(off_ptr + i, mask=i < n, other=0)
+        tl.store(out_ptr + i, tl.randn(seed, offsets), mask=i < n)
+
+    offsets = torch.cat([torch.tensor([0, 1, 2**32, 2**32 + 5, 77 << 32]),
+                         torch.randint(0, 2**41, (500,), generator=torch.Generator().manual_seed(0))])
+    for seed in (0, 3, 2**40 + 11):
+        out = torch.empty(offsets.numel(), device=device)
+        randn_kernel[(4,)](out, offsets.to(device), seed, offsets.numel(), BLOCK=128)
+        torch.testing.assert_close(philox_randn(seed, offsets), out.cpu(), rtol=0, atol=2e-6)
+
+
+def test_statistics_of_the_stream():
+    z = draw_noise([7], 3, (1, 3, 128, 160))[0]
+    assert abs(z.mean()) < 4 / z.numel() ** 0.5
+    assert abs(z.std() - 1) < 0.01
+    flat = z.flatten().numpy()
+    for a, b in [(z[:, :, :-1], z[:, :, 1:]), (z[:, :-1], z[:, 1:])]:
+        assert abs(np.corrcoef(a.flatten(), b.flatten())[0, 1]) < 0.02
+    other_step = draw_noise([7], 4, (1, 3, 128, 160))[0].flatten().numpy()
+    assert abs(np.corrcoef(flat, other_step)[0, 1]) < 0.02
+    # the third moment and the tails of a normal
+    assert abs((flat ** 3).mean()) < 0.05 and abs((np.abs(flat) > 1.96).mean() - 0.05) < 0.005
+
+
+def test_crop_draws_the_whole_images_numbers():
+    whole = draw_noise([5, 6], 10, (2, 3, 37, 53))
+    crop = draw_noise([5, 6], 10, (2, 3, 11, 20), full_size=(37, 53), origin=(20, 33))
+    torch.testing.assert_close(crop, whole[:, :, 20:31, 33:53], rtol=0, atol=0)
+
+
+def test_seed_and_step_change_the_draw_and_repeat_exactly():
+    a = draw_noise([1], 2, (1, 3, 8, 8))
+    assert torch.equal(a, draw_noise([1], 2, (1, 3, 8, 8)))
+    assert not torch.allclose(a, draw_noise([2], 2, (1, 3, 8, 8)))
+    assert not torch.allclose(a, draw_noise([1], 3, (1, 3, 8, 8)))
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="does not fit"):
+        noise_offsets(0, 3, 10, 10, full_size=(12, 12), origin=(5, 0))
+    with pytest.raises(ValueError, match="one seed per image"):
+        draw_noise([1], 0, (2, 3, 4, 4))
+    with pytest.raises(ValueError, match="2\\*\\*63"):
+        philox_randn(-1, torch.zeros(3, dtype=torch.int64))
