@@ -1,0 +1,337 @@
+"""Command line: ``dpir-fast restore | info``.
+
+Exit codes: 0 all files done (or skipped because their output exists), 1 some files failed, 2 usage error
+(bad arguments or checkpoint, no inputs, an output that would overwrite an input), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import os
+import platform
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .data.images import ImageReadError, find_images, output_suffix, read_image, write_image
+
+IO_RULES = """\
+image rules:
+  inputs: files and folders; folders give their files with an image suffix (png, jpg/jpeg, tif/tiff, bmp, webp,
+    gif, ppm/pgm/pbm/pnm, tga, qoi), sorted by name, subfolders only with --recursive; other files in folders
+    are listed as ignored. Anything Pillow reads works, 8 or 16 bits a sample (16-bit colour PNG/TIFF at full
+    precision).
+  grey images are run as RGB and written back as grey (mean of the channels); alpha is kept, resized to the
+    output size; palette images are written as RGB(A); the EXIF orientation is applied.
+  outputs: OUTDIR/<name>.<ext>, same format and bit depth as the input (gif and other formats become png),
+    unless --format; JPEG/WebP at quality 95; 16-bit only in png/tif; jpg and bmp drop alpha. Inputs whose
+    output names clash get _2, _3, ... in input order. An output never replaces an input file (exit 2), and an
+    existing output is kept unless --overwrite.
+  every image uses the same --seed, so its result does not depend on the other files."""
+
+
+class UsageError(Exception):
+    """An expected error that ends the command with exit code 2 and a message, no traceback."""
+
+
+# 1. Progress over files ------------------------------------------------------------------------------------------
+class Progress:
+    """A bar redrawn in place when `stream` is a TTY, else one line per file; `enabled=False` shows neither."""
+
+    def __init__(self, total: int, stream=None, enabled: bool = True):
+        self.total, self.done, self.stream, self.enabled = total, 0, stream or sys.stderr, enabled
+        self.tty = enabled and getattr(self.stream, "isatty", lambda: False)()
+        self._bar = False
+
+    def start(self, name: str) -> None:
+        if self.tty:
+            self._draw(name)
+
+    def step(self, name: str, status: str) -> None:
+        self.done += 1
+        if self.tty:
+            self._draw(name)
+        elif self.enabled:
+            print(f"[{self.done}/{self.total}] {name}: {status}", file=self.stream, flush=True)
+
+    def message(self, text: str) -> None:
+        """A line that stays (errors, warnings), printed even when the bar is off."""
+        self._clear()
+        print(text, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        self._clear()
+
+    def _draw(self, name: str) -> None:
+        width = shutil.get_terminal_size((80, 20)).columns
+        filled = 20 * self.done // max(self.total, 1)
+        line = f"[{'#' * filled}{'-' * (20 - filled)}] {self.done}/{self.total} {name}"
+        self.stream.write("\r" + line[: width - 1].ljust(width - 1))
+        self.stream.flush()
+        self._bar = True
+
+    def _clear(self) -> None:
+        if self._bar:
+            self.stream.write("\r" + " " * (shutil.get_terminal_size((80, 20)).columns - 1) + "\r")
+            self.stream.flush()
+            self._bar = False
+
+
+# 2. restore ------------------------------------------------------------------------------------------------------
+@dataclass
+class RestoreReport:
+    written: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)  # outputs that exist (no --overwrite)
+    failed: list[tuple[Path, str]] = field(default_factory=list)  # (input, reason)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+
+def plan_outputs(inputs: list[Path], outdir: Path, fmt: str | None = None) -> list[Path]:
+    """OUTDIR/<stem><suffix> for each input; a clash (case-insensitive) gets _2, _3, ... in input order."""
+    taken: set[str] = set()
+    outputs = []
+    for src in inputs:
+        stem, suffix = src.stem, output_suffix(src, fmt)
+        name, n = stem + suffix, 1
+        while name.lower() in taken:
+            n += 1
+            name = f"{stem}_{n}{suffix}"
+        taken.add(name.lower())
+        outputs.append(outdir / name)
+    return outputs
+
+
+def _check_not_inputs(outputs: list[Path], inputs: list[Path]) -> None:
+    """Raise UsageError when an output path is (resolves to, or is a link of) an input file."""
+    names = {os.path.normcase(p.resolve()): p for p in inputs}
+    inodes = {(st.st_dev, st.st_ino): p for p, st in ((p, p.stat()) for p in inputs)}
+    for dst in outputs:
+        src = names.get(os.path.normcase(dst.resolve()))
+        if src is None and dst.exists():
+            st = dst.stat()
+            src = inodes.get((st.st_dev, st.st_ino))
+        if src is not None:
+            raise UsageError(f"the output {dst} would replace the input {src}; choose another -o folder "
+                             "(or --format)")
+
+
+def _is_oom(err: BaseException) -> bool:
+    return isinstance(err, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in str(err).lower()
+
+
+def restore_files(pipe, inputs: list[Path], outdir: Path, *, fmt: str | None = None, seed: int = 0,
+                  overwrite: bool = False, progress: Progress | None = None) -> RestoreReport:
+    """Restore each input file with `pipe` and write OUTDIR/<name>.
+
+    `pipe` is any object with ``scale``, ``device`` and ``__call__(y [1, 3, h, w] in [0, 1], seed)`` returning
+    [1, 3, h*scale, w*scale]. Per-file failures are collected in the report, never raised. Raises UsageError when
+    an output path is an input file.
+    """
+    outputs = plan_outputs(inputs, outdir, fmt)
+    _check_not_inputs(outputs, inputs)
+    outdir.mkdir(parents=True, exist_ok=True)
+    progress = progress or Progress(len(inputs), enabled=False)
+    report = RestoreReport()
+    for src, dst in zip(inputs, outputs):
+        progress.start(src.name)
+        if dst.exists() and not overwrite:
+            report.skipped.append(dst)
+            progress.step(src.name, f"skipped, {dst} exists (use --overwrite)")
+            continue
+        started = time.perf_counter()
+        try:
+            _restore_one(pipe, src, dst, seed)
+        except Exception as err:  # noqa: BLE001 -- one bad file must not stop the batch
+            reason = _reason(err, pipe)
+            report.failed.append((src, reason))
+            progress.message(f"error: {src}: {reason}")
+            progress.step(src.name, "failed")
+            continue
+        report.written.append(dst)
+        progress.step(src.name, f"-> {dst} ({time.perf_counter() - started:.1f} s)")
+    progress.close()
+    return report
+
+
+def _restore_one(pipe, src: Path, dst: Path, seed: int) -> None:
+    x, info = read_image(src)
+    with torch.inference_mode():
+        out = pipe(x.to(pipe.device), seed=seed)
+    if not torch.isfinite(out).all():
+        raise FloatingPointError("the network produced NaN/inf values (try --device cpu or another --tau)")
+    write_image(dst, out.float().cpu(), info)  # the suffix picks the format
+
+
+def _reason(err: BaseException, pipe) -> str:
+    if isinstance(err, ImageReadError):
+        return err.reason
+    if _is_oom(err):
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return (f"out of memory on {pipe.device}; try a smaller image"
+                + (" or --device cpu" if getattr(pipe.device, "type", str(pipe.device)) != "cpu" else ""))
+    if isinstance(err, (ValueError, FloatingPointError)):
+        return str(err)
+    if isinstance(err, OSError):
+        return f"cannot write: {err.strerror or err}"
+    return f"{type(err).__name__}: {err}"
+
+
+def _device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {name}: CUDA is not available here; use --device cpu")
+        index = int(name.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return name
+
+
+def _load_pipeline(checkpoint: Path, device: str, task: str | None, tau: int | None):
+    """The DPIR pipeline of a checkpoint file on `device` (a seam for tests)."""
+    from .pipeline import DPIR
+
+    return DPIR.from_checkpoint(checkpoint, device=device, task=task, tau=tau)
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    try:
+        inputs, ignored = find_images(args.inputs, recursive=args.recursive)
+    except FileNotFoundError as err:
+        raise UsageError(str(err)) from None
+    for path in ignored:
+        print(f"ignored (not an image suffix): {path}", file=sys.stderr)
+    if not inputs:
+        raise UsageError("no input images found in " + ", ".join(map(str, args.inputs)))
+    if not args.checkpoint.is_file():
+        raise UsageError(f"checkpoint {args.checkpoint} does not exist; pass the .pt file written by "
+                         "dpir_fast.save_checkpoint with --checkpoint")
+    try:
+        pipe = _load_pipeline(args.checkpoint, _device(args.device), args.task, args.tau)
+    except (ValueError, OSError) as err:  # CheckpointError is a ValueError
+        raise UsageError(f"cannot load {args.checkpoint}: {err}") from None
+    if pipe.in_channels != 3:
+        raise UsageError(f"this checkpoint's IR network takes {pipe.in_channels}-channel input (a RAW burst); "
+                         "restore works on single RGB/grey images")
+    progress = Progress(len(inputs), enabled=not args.quiet)
+    report = restore_files(pipe, inputs, args.output, fmt=args.format, seed=args.seed, overwrite=args.overwrite,
+                           progress=progress)
+    if not args.quiet or report.failed:
+        print(f"{len(report.written)} written, {len(report.skipped)} skipped (output exists), "
+              f"{len(report.failed)} failed; outputs in {args.output}", file=sys.stderr)
+    return report.exit_code
+
+
+# 3. info ---------------------------------------------------------------------------------------------------------
+def _version(module: str) -> str:
+    try:
+        return importlib.import_module(module).__version__
+    except Exception:  # noqa: BLE001 -- an optional package may fail to import in any way
+        return "not installed"
+
+
+def backends() -> list[str]:
+    """Backends this installation can run: 'reference' always, plus the compiled ones that are present."""
+    found = ["reference"]
+    for name, module in (("cuda/cpp extension", "dpir_fast._C"), ("triton", "dpir_fast.kernels")):
+        try:
+            if importlib.util.find_spec(module) is not None:
+                found.append(name)
+        except (ImportError, ValueError):
+            pass
+    return found
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    import numpy
+    import PIL
+
+    lines = [f"dpir_fast  {_version('dpir_fast')}",
+             f"Python     {platform.python_version()} ({sys.executable})",
+             f"torch      {torch.__version__} (CUDA {torch.version.cuda or 'none'})",
+             f"CUDA       {'available' if torch.cuda.is_available() else 'not available'}"]
+    for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
+        major, minor = torch.cuda.get_device_capability(i)
+        lines.append(f"  cuda:{i}   {torch.cuda.get_device_name(i)} (sm_{major}{minor})")
+    found = backends()
+    lines += [f"Triton     {_version('triton')}", f"numpy      {numpy.__version__}", f"Pillow     {PIL.__version__}",
+              f"backends   {', '.join(found)}"
+              + (" (fast backends are not built in this version)" if found == ["reference"] else "")]
+    print("\n".join(lines))
+    return 0
+
+
+# 4. Parser and entry point ---------------------------------------------------------------------------------------
+def _device_arg(text: str) -> str:
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"{text!r}: use auto, cpu, cuda or cuda:N")
+    return text
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: must be at least 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dpir-fast", description="DP-IR image reconstruction.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("restore", help="restore image files with a pipeline checkpoint",
+                       description="Restore image files (super-resolve or deblur) with a DP-IR pipeline checkpoint.",
+                       epilog=IO_RULES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR", help="output folder (created)")
+    p.add_argument("--checkpoint", type=Path, required=True, metavar="FILE",
+                   help="pipeline file written by dpir_fast.save_checkpoint")
+    p.add_argument("--task", choices=["sr4x", "deblur", "burst"], help="use this task's sampler preset (tau, tail)")
+    p.add_argument("--tau", type=_positive, help="number of diffusion steps run by the networks (overrides)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed, the same for every image (default 0)")
+    p.add_argument("--device", type=_device_arg, default="auto", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--format", choices=["png", "jpg", "tif"], help="output format (default: the input's)")
+    p.add_argument("--recursive", action="store_true", help="also take images in subfolders")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs (never inputs)")
+    p.add_argument("--quiet", action="store_true", help="no progress, only errors")
+    p.set_defaults(func=cmd_restore)
+
+    p = sub.add_parser("info", help="versions, devices and backends")
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line with `argv` (default sys.argv[1:]); returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # argparse: --help (0) or a usage error (2), already printed
+        return int(exit_.code or 0)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return args.func(args)
+    except UsageError as err:
+        print(f"dpir-fast {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,15 @@
+"""Tiny networks shared by the pipeline, checkpoint and CLI tests."""
+from dpir_fast import DPIR
+from dpir_fast.models import FusionNet, MIRNet, SwinIR
+
+
+def tiny_swinir(upscale: int = 2, **overrides) -> SwinIR:
+    config = dict(upscale=upscale, img_size=16, window_size=4, embed_dim=12, depths=[2], num_heads=[2],
+                  mlp_ratio=2, upsampler="pixelshuffledirect")
+    return SwinIR(**{**config, **overrides})
+
+
+def tiny_pipeline(task: str | None = None, upscale: int = 2, **settings) -> DPIR:
+    parts = (tiny_swinir(upscale), MIRNet(in_channels=4, out_channels=3, n_feat=8, n_rrg=1, n_msrb=1),
+             FusionNet(n_feat=8, growth=4, time_hidden=8))
+    return DPIR.preset(task, *parts, **settings) if task else DPIR(*parts, **{"tau": 3, **settings})

@@ -1,0 +1,102 @@
+import pytest
+import torch
+
+from dpir_fast import DPIR
+
+from .helpers import tiny_pipeline
+
+
+def count_calls(module):
+    calls = []
+    module.register_forward_hook(lambda m, i, o: calls.append(1))
+    return calls
+
+
+@pytest.mark.parametrize("task,nfe", [("deblur", 6), ("burst", 6), ("sr4x", 51)])
+def test_presets_have_the_papers_nfe(task, nfe):
+    pipe = tiny_pipeline(task)
+    counts = [count_calls(pipe.ir), count_calls(pipe.denoiser), count_calls(pipe.fusion)]
+    out = pipe(torch.rand(1, 3, 6, 5))
+    assert pipe.nfe == nfe
+    assert [len(c) for c in counts] == [1, nfe - 1, nfe - 1]
+    assert out.shape == (1, 3, 12, 10) and out.dtype == torch.float32
+    assert 0 <= out.min() and out.max() <= 1
+
+
+def test_seeds_fix_the_output():
+    pipe = tiny_pipeline()
+    y = torch.rand(2, 3, 9, 7)
+    a = pipe(y, seed=4)
+    assert torch.equal(a, pipe(y, seed=4))
+    assert not torch.allclose(a, pipe(y, seed=5))
+    # image b of a batch draws with seed + b: the same as that image alone with that seed
+    torch.testing.assert_close(a[1:], pipe(y[1:], seed=5), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(a, pipe(y, seed=[4, 5]), rtol=0, atol=0)
+
+
+def test_odd_sizes_and_an_ir_net_multiple():
+    pipe = tiny_pipeline(tau=2)
+    for h, w in [(1, 1), (5, 13), (17, 3)]:
+        assert pipe(torch.rand(1, 3, h, w)).shape == (1, 3, 2 * h, 2 * w)
+
+
+@pytest.mark.parametrize("bad,error", [
+    (lambda: [[0.5]], "torch tensor"),
+    (lambda: torch.rand(3, 8, 8), "batch dimension"),
+    (lambda: torch.rand(1, 4, 8, 8), "takes 3 channels"),
+    (lambda: torch.randint(0, 255, (1, 3, 8, 8), dtype=torch.uint8), "y.float\\(\\) / 255"),
+    (lambda: torch.full((1, 3, 8, 8), float("nan")), "NaN"),
+    (lambda: torch.full((1, 3, 8, 8), float("inf")), "NaN or inf"),
+    (lambda: torch.rand(1, 3, 8, 8) * 255, "divide 8-bit data by 255"),
+    (lambda: torch.rand(0, 3, 8, 8), "empty"),
+])
+def test_bad_inputs_get_clear_errors(bad, error):
+    with pytest.raises(ValueError, match=error):
+        tiny_pipeline()(bad())
+
+
+def test_slightly_out_of_range_input_is_clamped_with_a_warning():
+    pipe = tiny_pipeline(tau=1)
+    y = torch.rand(1, 3, 8, 8) * 1.2 - 0.1
+    with pytest.warns(UserWarning, match="clamping"):
+        out = pipe(y)
+    torch.testing.assert_close(out, pipe(y.clamp(0, 1)))
+
+
+def test_bad_settings_are_rejected():
+    with pytest.raises(ValueError, match="backend must be one of"):
+        tiny_pipeline(backend="triton")
+    with pytest.raises(ValueError, match="tau must lie"):
+        tiny_pipeline(tau=0)
+    with pytest.raises(ValueError, match="tail_steps"):
+        tiny_pipeline(tau=10, tail="ddim", tail_steps=11)
+    with pytest.raises(ValueError, match="task must be one of"):
+        tiny_pipeline("denoise")
+    pipe = tiny_pipeline()
+    with pytest.raises(ValueError, match="seeds"):
+        pipe(torch.rand(2, 3, 4, 4), seed=[1])
+
+
+def test_forward_start_and_ddim_tail_run():
+    pipe = tiny_pipeline(tau=20, tail="ddim", tail_steps=4, start="forward", eta=1.0)
+    assert pipe.nfe == 5
+    assert torch.isfinite(pipe(torch.rand(1, 3, 8, 8))).all()
+
+
+def test_bf16_autocast_stays_close_to_fp32():
+    y = torch.rand(1, 3, 8, 8)
+    ref = tiny_pipeline(tau=2)
+    low = tiny_pipeline(tau=2, dtype="bf16")
+    low.load_state_dict(ref.state_dict())
+    assert (low(y) - ref(y)).abs().max() < 0.05
+
+
+def test_the_restored_image_returns_to_the_inputs_device_and_a_user_ir_net_works():
+    class Identity(torch.nn.Module):
+        def forward(self, x):
+            return x
+
+    pipe = tiny_pipeline(tau=2)
+    pipe = DPIR(Identity(), pipe.denoiser, pipe.fusion, tau=2)
+    assert pipe.scale == 1 and pipe.in_channels == 3
+    assert pipe(torch.rand(1, 3, 8, 8)).device.type == "cpu"
