@@ -17,6 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import ops
+from .._backend import check_choice
 from ._common import crop_to, pad_to_multiple
 
 
@@ -77,8 +79,11 @@ class ChannelAttention(nn.Module):
 class DAU(nn.Module):
     """Dual attention unit: x [B, C, H, W] → x + conv1x1(cat[SA(r), CA(r)]), r = body(x), same shape.
 
-    ``act`` is the PReLU shared by all DAUs of the network.
+    ``act`` is the PReLU shared by all DAUs of the network. ``backend`` picks the tail's implementation
+    (``ops.dau_tail``: the fused extension op in inference, the reference under autograd).
     """
+
+    backend = "auto"
 
     def __init__(self, channels: int, act: nn.Module):
         super().__init__()
@@ -89,7 +94,8 @@ class DAU(nn.Module):
 
     def tail(self, r: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The attention tail (the part a fused op replaces): x + conv1x1(cat[SA(r), CA(r)])."""
-        return x + self.conv1x1(torch.cat([self.SA(r), self.CA(r)], 1))
+        return ops.dau_tail(r, x, self.SA.spatial.conv.weight, self.CA.conv_du[0].weight, self.CA.conv_du[2].weight,
+                            self.conv1x1.weight, backend=self.backend)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.tail(self.body(x), x)
@@ -98,8 +104,11 @@ class DAU(nn.Module):
 class SKFF(nn.Module):
     """Selective kernel feature fusion of ``height`` inputs [B, C, H, W] → [B, C, H, W].
 
-    U = Σ inputs, Z = PReLU(1×1(avgpool U)), a_k = softmax_k(fcs[k](Z)), out = Σ a_k · input_k.
+    U = Σ inputs, Z = PReLU(1×1(avgpool U)), a_k = softmax_k(fcs[k](Z)), out = Σ a_k · input_k, through
+    ``ops.skff`` with ``backend``.
     """
+
+    backend = "auto"
 
     def __init__(self, channels: int, height: int = 3, reduction: int = 8):
         super().__init__()
@@ -107,13 +116,10 @@ class SKFF(nn.Module):
         self.height = height
         self.conv_du = nn.Sequential(nn.Conv2d(channels, d, 1, bias=False), nn.PReLU())
         self.fcs = nn.ModuleList(nn.Conv2d(d, channels, 1, bias=False) for _ in range(height))
-        self.softmax = nn.Softmax(dim=1)
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
-        stacked = torch.stack(list(feats), 1)  # [B, height, C, H, W]
-        z = self.conv_du(stacked.sum(1).mean((2, 3), keepdim=True))
-        attn = self.softmax(torch.stack([fc(z) for fc in self.fcs], 1))  # [B, height, C, 1, 1]
-        return (stacked * attn).sum(1)
+        return ops.skff(feats, self.conv_du[0].weight, self.conv_du[1].weight, [fc.weight for fc in self.fcs],
+                        backend=self.backend)
 
 
 class ResidualDownSample(nn.Module):
@@ -237,7 +243,7 @@ class MIRNet(nn.Module):
     """MIRNet: x [B, in_channels, H, W] → [B, out_channels, H, W], any H, W (padded to ``size_multiple``).
 
     out = conv_out(body(conv_in(x))) + x[:, :out_channels]; for the 4-channel denoiser input [x̃_t, σ̃_t] the
-    residual adds x̃_t.
+    residual adds x̃_t. ``backend`` (not part of ``config``) selects the DAU/SKFF implementation, see ``_backend``.
     """
 
     size_multiple = 4
@@ -245,6 +251,7 @@ class MIRNet(nn.Module):
     def __init__(
         self, in_channels: int = 3, out_channels: int = 3, n_feat: int = 64, kernel_size: int = 3, stride: int = 2,
         n_rrg: int = 3, n_msrb: int = 2, height: int = 3, width: int = 2, bias: bool = False,
+        backend: str = "auto",
     ):
         super().__init__()
         if stride != 2:
@@ -264,6 +271,19 @@ class MIRNet(nn.Module):
         self.conv_in = _conv(in_channels, n_feat, kernel_size, bias)
         self.body = nn.Sequential(*(RRG(n_feat, n_msrb, height, width, act, bias) for _ in range(n_rrg)))
         self.conv_out = _conv(n_feat, out_channels, kernel_size, bias)
+        self.backend = backend
+
+    @property
+    def backend(self) -> str:
+        """The implementation of the DAU tails and SKFFs: "auto", "reference", "ext" or "fast"."""
+        return self._backend
+
+    @backend.setter
+    def backend(self, value: str) -> None:
+        self._backend = check_choice(value)
+        for module in self.modules():
+            if isinstance(module, (DAU, SKFF)):
+                module.backend = value
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c_in = self.config["in_channels"]

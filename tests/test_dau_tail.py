@@ -1,0 +1,77 @@
+"""dau_tail: the fused op of dpir_fast._C against reference/dau_tail.py::dau_tail_ref (DESIGN.md §4, §5.2).
+
+Random inputs and weights, MIRNet's channel counts, odd sizes, batch > 1, every layout; CUDA cases where a GPU is.
+"""
+import pytest
+import torch
+
+from dpir_fast import ops
+from dpir_fast.models.mirnet import DAU
+from dpir_fast.reference import dau_tail_ref
+
+from .conftest import as_layout, assert_close_to_ref, assert_cuda_graph_replays, op_cases, requires_cuda, requires_ext
+
+
+def make_case(B: int, C: int, H: int, W: int, seed: int = 0):
+    """(r, x, weights) in float32: r like a conv output, weights at PyTorch's default-init scale."""
+    g = torch.Generator().manual_seed(seed)
+    r, x = torch.randn(B, C, H, W, generator=g), torch.randn(B, C, H, W, generator=g)
+    cr = max(C // 8, 1)
+    weights = [torch.randn(1, 2, 5, 5, generator=g) / 50**0.5, torch.randn(cr, C, 1, 1, generator=g) / C**0.5,
+               torch.randn(C, cr, 1, 1, generator=g) / cr**0.5, torch.randn(C, 2 * C, 1, 1, generator=g) / (2 * C)**0.5]
+    return r, x, weights
+
+
+def check(shape, dtype, layout, device):
+    r, x, weights = make_case(*shape)
+    rl, xl = (as_layout(t.to(device, dtype), layout) for t in (r, x))
+    fast = ops.dau_tail(rl, xl, *(w.to(device) for w in weights), backend="ext")
+    assert fast.shape == r.shape and fast.dtype == dtype and fast.device == rl.device
+    if layout == "channels_last":
+        assert fast.is_contiguous(memory_format=torch.channels_last)
+    lowp = dau_tail_ref(rl, xl, *(w.to(device) for w in weights))
+    ref64 = dau_tail_ref(r.double(), x.double(), *(w.double() for w in weights))
+    assert_close_to_ref(fast.cpu(), lowp.cpu(), ref64, dtype)
+
+
+@op_cases
+def test_matches_reference(shape, dtype, layout, device):
+    check(shape, dtype, layout, device)
+
+
+@requires_ext
+def test_module_uses_the_op_in_inference_and_the_reference_under_autograd(monkeypatch):
+    torch.manual_seed(0)
+    dau = DAU(64, torch.nn.PReLU()).eval()
+    r, x, _ = make_case(2, 64, 7, 9)
+    calls = []
+    monkeypatch.setattr(torch.ops.dpir_fast, "dau_tail", lambda *a: calls.append(1) or dau_tail_ref(*a))
+    with torch.no_grad():
+        dau.tail(r, x)
+    assert calls == [1]
+    out = dau.tail(r, x)  # parameters require grad: reference, differentiable
+    out.square().sum().backward()
+    assert calls == [1] and dau.conv1x1.weight.grad is not None
+    dau.backend = "reference"
+    with torch.no_grad():
+        dau.tail(r, x)
+    assert calls == [1]
+
+
+@requires_ext
+def test_bad_arguments_name_the_op_and_argument():
+    r, x, (w_sa, w_down, w_up, w_out) = make_case(1, 64, 5, 5)
+    with pytest.raises(RuntimeError, match=r"dpir_fast::dau_tail: w_out must be \[64, 128, 1, 1\]"):
+        torch.ops.dpir_fast.dau_tail(r, x, w_sa, w_down, w_up, w_out[:, :64])
+    with pytest.raises(RuntimeError, match="dpir_fast::dau_tail: x must have the shape"):
+        torch.ops.dpir_fast.dau_tail(r, x[:, :32], w_sa, w_down, w_up, w_out)
+    with pytest.raises(RuntimeError, match="dpir_fast::dau_tail.*Double"):
+        torch.ops.dpir_fast.dau_tail(r.double(), x.double(), w_sa, w_down, w_up, w_out)
+
+
+@requires_cuda
+@requires_ext
+def test_cuda_graph_capture_and_replay():
+    r, x, weights = make_case(2, 128, 33, 31)
+    args = [t.cuda() for t in (r, x, *weights)]
+    assert_cuda_graph_replays(torch.ops.dpir_fast.dau_tail, args, args[0])
