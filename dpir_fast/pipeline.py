@@ -9,6 +9,8 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
+from . import _backend
+from .engine import Engine, Plan
 from .models._common import crop_to, pad_to_multiple
 from .reference.sampler import STARTS, TAILS, dpir_sample_ref, sample_timesteps
 from .schedule import Schedule
@@ -18,14 +20,16 @@ PRESETS = {
     "deblur": dict(tau=5, tail="ancestral", tail_steps=None),
     "burst": dict(tau=5, tail="ancestral", tail_steps=None),
 }
-BACKENDS = ("auto", "reference")
 DTYPES = {None: None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def run_network(net: nn.Module, x: torch.Tensor, scale: int = 1) -> torch.Tensor:
-    """net(x) with x reflect-padded to ``net.size_multiple`` and the output cropped back (× scale)."""
-    padded, size = pad_to_multiple(x, int(getattr(net, "size_multiple", 1)))
-    return crop_to(net(padded), size, scale)
+    """net(x) with x reflect-padded to ``net.size_multiple`` and the output cropped back (× scale).
+
+    x is [B, C, H, W], or a burst [B, N, C, H, W] whose frames are padded alike.
+    """
+    padded, size = pad_to_multiple(x.flatten(1, -3), int(getattr(net, "size_multiple", 1)))
+    return crop_to(net(padded.view(*x.shape[:-2], *padded.shape[-2:])), size, scale)
 
 
 def _seed_list(seed, batch: int) -> list[int]:
@@ -70,8 +74,7 @@ class DPIR(nn.Module):
             raise ValueError(f"tail must be one of {TAILS}, got {tail!r}")
         if merged["start"] not in STARTS:
             raise ValueError(f"start must be one of {STARTS}, got {merged['start']!r}")
-        if merged["backend"] not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS} in this build, got {merged['backend']!r}")
+        _backend.check_choice(merged["backend"])
         if merged["dtype"] not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(k for k in DTYPES if k)} or None, "
                              f"got {merged['dtype']!r}")
@@ -81,6 +84,8 @@ class DPIR(nn.Module):
             raise ValueError(f"tail_steps must lie in [1, tau={tau}], got {steps}")
         merged["tau"] = tau
         self.settings = merged
+        if hasattr(self.denoiser, "backend"):   # MIRNet's fused attention ops follow the pipeline's choice
+            self.denoiser.backend = merged["backend"]
         self._timesteps = sample_timesteps(tau, tail, merged["tail_steps"])
         return self
 
@@ -105,6 +110,13 @@ class DPIR(nn.Module):
             pipe.configure(tau=tau)
         return pipe.to(device) if device is not None else pipe
 
+    @classmethod
+    def from_pretrained(cls, name: str = "demo-sr4x", device=None) -> "DPIR":
+        """A pipeline whose weights ship inside the package: ``"demo-sr4x"`` (small, CPU-trained;
+        dpir_fast/pretrained/MODEL_CARD.md). Stored in fp16, loaded as float32."""
+        from .pretrained import pretrained_path
+        return cls.from_checkpoint(pretrained_path(name), device=device)
+
     @property
     def tau(self) -> int:
         return self.settings["tau"]
@@ -121,7 +133,14 @@ class DPIR(nn.Module):
     @property
     def in_channels(self) -> int:
         config = getattr(self.ir, "config", {})
-        return int(config.get("in_chans", config.get("in_channels", 3)))
+        return int(config.get("in_chans", config.get("in_channels", config.get("inp_channels", 3))))
+
+    @property
+    def burst_frames(self) -> int | None:
+        """Frames per burst when the IR net takes bursts [B, N, C, h, w] (``ir.input_kind == "burst"``)."""
+        if getattr(self.ir, "input_kind", "image") != "burst":
+            return None
+        return int(getattr(self.ir, "burst_frames"))
 
     @property
     def device(self) -> torch.device:
@@ -133,13 +152,19 @@ class DPIR(nn.Module):
         if not torch.is_tensor(y):
             raise ValueError(f"DPIR takes a torch tensor [B, C, H, W] in [0, 1], got {type(y).__name__}; "
                              "for a numpy HWC image use torch.from_numpy(img).permute(2, 0, 1)[None]")
-        if y.dim() != 4:
+        frames = self.burst_frames
+        if frames is not None:
+            if y.dim() != 5 or y.shape[1] != frames or y.shape[2] != self.in_channels:
+                hint = " (add a batch dimension with y[None])" if y.dim() == 4 else ""
+                raise ValueError(f"the IR network takes bursts [B, {frames}, {self.in_channels}, h, w] of packed "
+                                 f"RAW frames, got shape {tuple(y.shape)}{hint}")
+        elif y.dim() != 4:
             hint = " (add a batch dimension with y[None])" if y.dim() == 3 else ""
             raise ValueError(f"DPIR takes a 4-D tensor [B, C, H, W], got shape {tuple(y.shape)}{hint}")
-        if y.shape[1] != self.in_channels:
+        elif y.shape[1] != self.in_channels:
             raise ValueError(f"the IR network takes {self.in_channels} channels, got {y.shape[1]} "
                              f"(shape {tuple(y.shape)}); convert grayscale/RGBA images to RGB first")
-        if y.shape[0] == 0 or y.shape[2] == 0 or y.shape[3] == 0:
+        if y.numel() == 0:
             raise ValueError(f"empty input of shape {tuple(y.shape)}")
         if not y.is_floating_point():
             raise ValueError(f"DPIR takes floating-point images in [0, 1], got {y.dtype}; "
@@ -163,20 +188,29 @@ class DPIR(nn.Module):
 
     # 3. Restoration -----------------------------------------------------------------------------
     @torch.no_grad()
-    def restore_ir(self, y: torch.Tensor) -> torch.Tensor:
-        """The IR network's estimate E[x0|y] [B, 3, h·s, w·s] (float32), checked to be finite."""
+    def restore_ir(self, y: torch.Tensor, camera=None) -> torch.Tensor:
+        """The IR network's estimate E[x0|y] [B, 3, h·s, w·s] (float32, sRGB), checked to be finite.
+
+        An IR net whose ``output_space`` is ``"linear"`` (BSRT: linear camera RGB) has its output brought
+        to sRGB by :func:`dpir_fast.data.burst.linear_to_srgb` with ``camera`` (a Camera, a DBSR meta_info
+        dict, one per image, or None for the default camera), as the paper does before fusion.
+        """
         y = self._check_input(y)
         with self._autocast():
             x_ir = run_network(self.ir, y, self.scale).to(torch.float32)
         if not torch.isfinite(x_ir).all():
             raise FloatingPointError("the IR network produced NaN/inf; run in dtype='fp32' or 'bf16'")
+        if getattr(self.ir, "output_space", "srgb") == "linear":
+            from .data.burst import linear_to_srgb
+            x_ir = linear_to_srgb(x_ir, camera)
         return x_ir
 
     @torch.no_grad()
-    def forward(self, y: torch.Tensor, seed: int | Sequence[int] = 0) -> torch.Tensor:
-        """Restore y [B, C, h, w] → [B, 3, h·s, w·s]; image b draws noise with seed + b (or seed[b])."""
+    def forward(self, y: torch.Tensor, seed: int | Sequence[int] = 0, camera=None) -> torch.Tensor:
+        """Restore y [B, C, h, w] (a burst net: [B, N, 4, h, w]) → [B, 3, h·s, w·s]; image b draws noise
+        with seed + b (or seed[b]); ``camera``: see :meth:`restore_ir`."""
         out_device = y.device if torch.is_tensor(y) else None
-        x_ir = self.restore_ir(y)
+        x_ir = self.restore_ir(y, camera)
         seeds = _seed_list(seed, x_ir.shape[0])
         s = self.settings
 
@@ -188,8 +222,14 @@ class DPIR(nn.Module):
             with self._autocast():
                 return self.fusion(a, b.to(a.dtype), t)
 
-        x0 = dpir_sample_ref(x_ir, denoise, fuse, self.schedule, s["tau"], seeds, s["tail"], s["tail_steps"],
-                             s["start"], s["eta"])
+        if _backend.resolve("triton", x_ir.device, s["backend"]) == "reference":
+            x0 = dpir_sample_ref(x_ir, denoise, fuse, self.schedule, s["tau"], seeds, s["tail"], s["tail_steps"],
+                                 s["start"], s["eta"])
+        else:
+            plan = Plan.make(self.schedule, s["tau"], s["tail"], s["tail_steps"], s["start"], s["eta"])
+            with self._autocast():
+                engine = Engine(plan, denoise, self.fusion, DTYPES[s["dtype"]], backend=s["backend"])
+                x0 = engine.run(x_ir, seeds)
         if not torch.isfinite(x0).all():
             raise FloatingPointError("the sampler produced NaN/inf; run in dtype='fp32' or 'bf16'")
         return x0.clamp(0.0, 1.0).to(out_device)
