@@ -1,0 +1,103 @@
+"""Synthetic camera-shake blur: random motion trajectories, their kernels, and blurring.
+
+Trajectories follow the model of Boracchi & Foi ("Modeling the performance of image restoration from
+motion blur", TIP 2012), the one DeblurGAN generates its training kernels with: a 2-D random walk whose
+velocity has inertia, a pull back to the origin (centripetal), Gaussian jitter and rare abrupt shakes,
+renormalised to a fixed speed so the path has a set length. The kernel is the path's occupancy
+(bilinear splatting of densely sampled positions), centred on its centroid and normalised to sum 1.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def random_trajectory(steps: int = 2000, length: float = 30.0, generator: torch.Generator | None = None,
+                      anxiety: float | None = None) -> torch.Tensor:
+    """A camera-shake path [steps, 2] (x, y in pixels), starting at 0, of total length ``length``.
+
+    ``anxiety`` (0..1, default U[0, 0.1]) scales the jitter and the abrupt shakes.
+    """
+    def rand() -> float:
+        return float(torch.rand(1, generator=generator, dtype=torch.float64))
+
+    anxiety = 0.1 * rand() if anxiety is None else anxiety
+    centripetal, big_shake, jitter = 0.7 * rand(), 0.2 * rand(), 10.0 * rand()
+    step = length / (steps - 1)
+    angle = 2 * math.pi * rand()
+    v = complex(math.cos(angle), math.sin(angle)) * step
+    z = torch.randn(steps - 1, 2, generator=generator, dtype=torch.float64).tolist()
+    u = torch.rand(steps - 1, 2, generator=generator, dtype=torch.float64).tolist()
+    path = [0j]
+    for t in range(steps - 1):
+        shake = 0j
+        if u[t][0] < big_shake * anxiety:  # abrupt turn, roughly backwards
+            turn = math.pi + u[t][1] - 0.5
+            shake = 2 * v * complex(math.cos(turn), math.sin(turn))
+        v += shake + anxiety * (jitter * complex(*z[t]) - centripetal * path[-1]) * step
+        v = v / max(abs(v), 1e-12) * step
+        path.append(path[-1] + v)
+    return torch.tensor([[p.real, p.imag] for p in path], dtype=torch.float64)
+
+
+def trajectory_kernel(path: torch.Tensor, size: int) -> torch.Tensor:
+    """Blur kernel [size, size] (float32, ≥ 0, sum 1) of a path [n, 2]: time spent near each pixel.
+
+    The path is centred on its centroid at the kernel centre; points outside the support are dropped.
+    """
+    pts = path - path.mean(0) + (size - 1) / 2
+    x0, y0 = pts[:, 0].floor(), pts[:, 1].floor()
+    fx, fy = pts[:, 0] - x0, pts[:, 1] - y0
+    kernel = torch.zeros(size * size, dtype=torch.float64)
+    for dx, dy, wgt in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)), (0, 1, (1 - fx) * fy), (1, 1, fx * fy)):
+        xs, ys = (x0 + dx).long(), (y0 + dy).long()
+        inside = (xs >= 0) & (xs < size) & (ys >= 0) & (ys < size)
+        kernel.index_add_(0, (ys * size + xs)[inside], wgt[inside])
+    if kernel.sum() <= 0:
+        raise ValueError(f"the path does not touch a {size}×{size} kernel")
+    return (kernel / kernel.sum()).view(size, size).float()
+
+
+def random_motion_kernel(size: int = 31, generator: torch.Generator | None = None,
+                         max_length: float | None = None) -> torch.Tensor:
+    """A random camera-shake kernel [size, size]: a trajectory of length U[size/4, max_length] (default
+    0.9·size), rasterised by :func:`trajectory_kernel`."""
+    max_length = 0.9 * size if max_length is None else max_length
+    length = size / 4 + float(torch.rand(1, generator=generator)) * max(max_length - size / 4, 0.0)
+    return trajectory_kernel(random_trajectory(length=length, generator=generator), size)
+
+
+def blur(image: torch.Tensor, kernel: torch.Tensor, padding: str = "reflect") -> torch.Tensor:
+    """Convolve image [B, C, H, W] (or [C, H, W]) with kernel [k, k] (or one [B, k, k] per image).
+
+    A true convolution (the kernel is flipped), output of the input's size; borders ``padding``-padded
+    ('reflect', 'replicate', 'circular' or 'constant').
+    """
+    squeeze = image.dim() == 3
+    x = image[None] if squeeze else image
+    b, c, h, w = x.shape
+    k = kernel.to(x).expand(b, *kernel.shape[-2:]) if kernel.dim() == 2 else kernel.to(x)
+    if k.shape[0] != b or k.shape[-1] != k.shape[-2]:
+        raise ValueError(f"kernel {tuple(kernel.shape)} does not fit images {tuple(image.shape)}")
+    ks = k.shape[-1]
+    lo, hi = (ks - 1) // 2, ks // 2
+    x = F.pad(x, (lo, hi, lo, hi), mode=padding)
+    weight = k.flip(-1, -2).repeat_interleave(c, 0)[:, None]  # [B·C, 1, k, k]: one kernel per image
+    out = F.conv2d(x.reshape(1, b * c, h + ks - 1, w + ks - 1), weight, groups=b * c)
+    out = out.view(b, c, h, w)
+    return out[0] if squeeze else out
+
+
+def motion_blur(image: torch.Tensor, size: int = 31, noise_sigma: float = 0.0,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blur image [B, C, H, W] with one random kernel per image, add N(0, noise_sigma²), clamp to [0, 1].
+
+    Returns (blurred [B, C, H, W], kernels [B, size, size]).
+    """
+    kernels = torch.stack([random_motion_kernel(size, generator) for _ in range(image.shape[0])])
+    out = blur(image, kernels)
+    if noise_sigma > 0:
+        out = out + noise_sigma * torch.randn(out.shape, generator=generator).to(out)
+    return out.clamp(0.0, 1.0), kernels
