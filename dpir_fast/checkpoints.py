@@ -6,7 +6,6 @@ architecture name and constructor config beside its weights, so one file rebuild
 from __future__ import annotations
 
 import os
-import pickle
 import tempfile
 from pathlib import Path
 
@@ -30,7 +29,7 @@ def _read(path_or_dict, map_location="cpu") -> dict:
         raise CheckpointError(f"checkpoint {path} does not exist (or is not a file)")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
+    except Exception as err:  # noqa: BLE001 -- torch.load on a damaged file fails in many ways (KeyError too)
         raise CheckpointError(f"cannot read {path} as a PyTorch checkpoint ({type(err).__name__}: "
                               f"{str(err).splitlines()[0] if str(err) else 'no detail'}); is it the "
                               "right, fully downloaded file?") from err

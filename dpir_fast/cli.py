@@ -1,4 +1,7 @@
-"""Command line: ``dpir-fast restore | info``.
+"""Command line: ``dpir-fast restore | info | demo | train-denoiser | train-fusion``.
+
+``restore`` under ``torchrun --nproc_per_node N`` shards its input files across the N processes (file i goes to
+rank i mod N, one GPU each, names planned over all files); the train commands run DDP there.
 
 Exit codes: 0 all files done (or skipped because their output exists), 1 some files failed, 2 usage error
 (bad arguments or checkpoint, no inputs, an output that would overwrite an input), 130 interrupted.
@@ -8,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import os
 import platform
 import re
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +37,13 @@ image rules:
     unless --format; JPEG/WebP at quality 95; 16-bit only in png/tif; jpg and bmp drop alpha. Inputs whose
     output names clash get _2, _3, ... in input order. An output never replaces an input file (exit 2), and an
     existing output is kept unless --overwrite.
-  every image uses the same --seed, so its result does not depend on the other files."""
+  every image uses the same --seed, so its result does not depend on the other files.
+  --burst (for burst checkpoints, BSRT): each INPUT is a folder holding one burst; its frames are the .npy, .png
+    and .tif/.tiff files, sorted by name, the first the base frame: .npy arrays [4, h, w] (packed R, Gr, Gb, B
+    planes) or [H, W] Bayer mosaics (pattern --bayer, default RGGB); grey images are mosaics, 4-channel images
+    packed planes. Integer samples are divided by --white-level (default the format's maximum, 65535 for 16
+    bits; SyntheticBurst files need 16384), float arrays taken as [0, 1]. The burst's output is
+    OUTDIR/<folder>.png, 16-bit, in sRGB through the default camera (dpir_fast.data.DEFAULT_CAMERA)."""
 
 
 class UsageError(Exception):
@@ -130,19 +139,22 @@ def _is_oom(err: BaseException) -> bool:
 
 
 def restore_files(pipe, inputs: list[Path], outdir: Path, *, fmt: str | None = None, seed: int = 0,
-                  overwrite: bool = False, progress: Progress | None = None) -> RestoreReport:
+                  overwrite: bool = False, progress: Progress | None = None, reader=read_image,
+                  shard: tuple[int, int] = (0, 1)) -> RestoreReport:
     """Restore each input file with `pipe` and write OUTDIR/<name>.
 
     `pipe` is any object with ``scale``, ``device`` and ``__call__(y [1, 3, h, w] in [0, 1], seed)`` returning
     [1, 3, h*scale, w*scale]. Per-file failures are collected in the report, never raised. Raises UsageError when
-    an output path is an input file.
+    an output path is an input file. ``reader(path) -> (y, ImageInfo)`` reads one input (default read_image).
+    ``shard=(rank, world)`` restores only the files rank, rank + world, ... (names are planned over all inputs).
     """
     outputs = plan_outputs(inputs, outdir, fmt)
     _check_not_inputs(outputs, inputs)
     outdir.mkdir(parents=True, exist_ok=True)
-    progress = progress or Progress(len(inputs), enabled=False)
+    pairs = list(zip(inputs, outputs))[shard[0]::shard[1]]
+    progress = progress or Progress(len(pairs), enabled=False)
     report = RestoreReport()
-    for src, dst in zip(inputs, outputs):
+    for src, dst in pairs:
         progress.start(src.name)
         if dst.exists() and not overwrite:
             report.skipped.append(dst)
@@ -150,7 +162,7 @@ def restore_files(pipe, inputs: list[Path], outdir: Path, *, fmt: str | None = N
             continue
         started = time.perf_counter()
         try:
-            _restore_one(pipe, src, dst, seed)
+            _restore_one(pipe, src, dst, seed, reader)
         except Exception as err:  # noqa: BLE001 -- one bad file must not stop the batch
             reason = _reason(err, pipe)
             report.failed.append((src, reason))
@@ -163,8 +175,8 @@ def restore_files(pipe, inputs: list[Path], outdir: Path, *, fmt: str | None = N
     return report
 
 
-def _restore_one(pipe, src: Path, dst: Path, seed: int) -> None:
-    x, info = read_image(src)
+def _restore_one(pipe, src: Path, dst: Path, seed: int, reader=read_image) -> None:
+    x, info = reader(src)
     with torch.inference_mode():
         out = pipe(x.to(pipe.device), seed=seed)
     if not torch.isfinite(out).all():
@@ -187,7 +199,16 @@ def _reason(err: BaseException, pipe) -> str:
     return f"{type(err).__name__}: {err}"
 
 
+def torchrun_shard() -> tuple[int, int, int]:
+    """(rank, world, local_rank) under torchrun (its RANK/WORLD_SIZE/LOCAL_RANK), else (0, 1, 0)."""
+    env = os.environ
+    return int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0))
+
+
 def _device(name: str) -> str:
+    rank, world, local = torchrun_shard()
+    if world > 1 and name in ("auto", "cuda") and torch.cuda.is_available():
+        name = f"cuda:{local % torch.cuda.device_count()}"  # one GPU per process
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
@@ -206,11 +227,32 @@ def _load_pipeline(checkpoint: Path, device: str, task: str | None, tau: int | N
     return DPIR.from_checkpoint(checkpoint, device=device, task=task, tau=tau)
 
 
+def _burst_reader(pattern: str, white_level: float | None):
+    """reader for restore_files: a folder of RAW frames -> ([1, N, 4, h, w], 16-bit PNG ImageInfo)."""
+    from .data.burst import read_burst
+    from .data.images import ImageInfo
+
+    return lambda folder: (read_burst(folder, pattern, white_level), ImageInfo("PNG", "RGB", 16, False))
+
+
+def _burst_folders(paths: list[str]) -> list[Path]:
+    paths = [Path(p) for p in paths]
+    for p in paths:
+        if not p.is_dir():
+            raise UsageError(f"--burst takes one folder of RAW frames per burst; {p} is "
+                             + ("not a folder" if p.exists() else "missing"))
+    return list(dict.fromkeys(paths))
+
+
 def cmd_restore(args: argparse.Namespace) -> int:
-    try:
-        inputs, ignored = find_images(args.inputs, recursive=args.recursive)
-    except FileNotFoundError as err:
-        raise UsageError(str(err)) from None
+    reader, ignored = read_image, []
+    if args.burst:
+        inputs, reader = _burst_folders(args.inputs), _burst_reader(args.bayer, args.white_level)
+    else:
+        try:
+            inputs, ignored = find_images(args.inputs, recursive=args.recursive)
+        except FileNotFoundError as err:
+            raise UsageError(str(err)) from None
     for path in ignored:
         print(f"ignored (not an image suffix): {path}", file=sys.stderr)
     if not inputs:
@@ -222,14 +264,20 @@ def cmd_restore(args: argparse.Namespace) -> int:
         pipe = _load_pipeline(args.checkpoint, _device(args.device), args.task, args.tau)
     except (ValueError, OSError) as err:  # CheckpointError is a ValueError
         raise UsageError(f"cannot load {args.checkpoint}: {err}") from None
-    if pipe.in_channels != 3:
-        raise UsageError(f"this checkpoint's IR network takes {pipe.in_channels}-channel input (a RAW burst); "
+    takes_bursts = getattr(pipe, "burst_frames", None) is not None
+    if takes_bursts != args.burst:
+        raise UsageError("this checkpoint's IR network takes RAW bursts: pass --burst with one folder of frames "
+                         "per burst" if takes_bursts else "--burst needs a checkpoint whose IR network takes RAW "
+                         "bursts (BSRT)")
+    if not takes_bursts and pipe.in_channels != 3:
+        raise UsageError(f"this checkpoint's IR network takes {pipe.in_channels}-channel input; "
                          "restore works on single RGB/grey images")
-    progress = Progress(len(inputs), enabled=not args.quiet)
+    rank, world, _ = torchrun_shard()
+    progress = Progress(len(inputs[rank::world]), enabled=not args.quiet)
     report = restore_files(pipe, inputs, args.output, fmt=args.format, seed=args.seed, overwrite=args.overwrite,
-                           progress=progress)
+                           progress=progress, reader=reader, shard=(rank, world))
     if not args.quiet or report.failed:
-        print(f"{len(report.written)} written, {len(report.skipped)} skipped (output exists), "
+        print(f"{f'[rank {rank}/{world}] ' if world > 1 else ''}{len(report.written)} written, {len(report.skipped)} skipped (output exists), "
               f"{len(report.failed)} failed; outputs in {args.output}", file=sys.stderr)
     return report.exit_code
 
@@ -242,16 +290,33 @@ def _version(module: str) -> str:
         return "not installed"
 
 
-def backends() -> list[str]:
-    """Backends this installation can run: 'reference' always, plus the compiled ones that are present."""
-    found = ["reference"]
-    for name, module in (("cuda/cpp extension", "dpir_fast._C"), ("triton", "dpir_fast.kernels")):
-        try:
-            if importlib.util.find_spec(module) is not None:
-                found.append(name)
-        except (ImportError, ValueError):
-            pass
-    return found
+def backend_lines() -> list[str]:
+    """How dpir_fast._C was built, and which implementation each op family runs per device (from _backend)."""
+    from . import _backend, _ext
+
+    info = _ext.build_info()
+    if info is None:
+        built = "no build record"
+    else:
+        built = f"built for torch {info.get('torch')}, " + (
+            f"CUDA {info['cuda']} (nvcc {info.get('nvcc')}, arch {info.get('arch_list')})" if info.get("cuda")
+            else "CPU only")
+    error = _ext.load_error()
+    lines = [f"_C         {built}" + (f"; not loaded: {error}" if error else "")]
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for family, ops in (("ext", "dau_tail, skff"), ("triton", "sampler updates, fusion")):
+        for device in devices:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    choice = _backend.resolve(family, device)
+                    reason = _backend.unavailable_reason(family, device) if choice == "reference" else None
+            except ValueError as err:  # a bad DPIR_FAST_BACKEND
+                choice, reason = "error", str(err)
+            if choice == "reference" and reason is None:
+                reason = f"{_backend.ENV}={_backend.requested()}"
+            lines.append(f"backend    {family} ({ops}) on {device}: {choice}" + (f" ({reason})" if reason else ""))
+    return lines
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -265,10 +330,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
         major, minor = torch.cuda.get_device_capability(i)
         lines.append(f"  cuda:{i}   {torch.cuda.get_device_name(i)} (sm_{major}{minor})")
-    found = backends()
     lines += [f"Triton     {_version('triton')}", f"numpy      {numpy.__version__}", f"Pillow     {PIL.__version__}",
-              f"backends   {', '.join(found)}"
-              + (" (fast backends are not built in this version)" if found == ["reference"] else "")]
+              *backend_lines()]
     print("\n".join(lines))
     return 0
 
@@ -292,7 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("restore", help="restore image files with a pipeline checkpoint",
-                       description="Restore image files (super-resolve or deblur) with a DP-IR pipeline checkpoint.",
+                       description="Restore image files (super-resolve, deblur) or RAW bursts (--burst) with a "
+                                   "DP-IR pipeline checkpoint.",
                        epilog=IO_RULES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR", help="output folder (created)")
@@ -304,12 +368,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", type=_device_arg, default="auto", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--format", choices=["png", "jpg", "tif"], help="output format (default: the input's)")
     p.add_argument("--recursive", action="store_true", help="also take images in subfolders")
+    p.add_argument("--burst", action="store_true", help="each INPUT is a folder of RAW frames, one burst")
+    p.add_argument("--bayer", choices=["RGGB", "BGGR", "GRBG", "GBRG"], default="RGGB",
+                   help="Bayer pattern of mosaic frames with --burst (default RGGB)")
+    p.add_argument("--white-level", type=float, metavar="N",
+                   help="with --burst: integer samples are divided by N (default the format's maximum)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (never inputs)")
     p.add_argument("--quiet", action="store_true", help="no progress, only errors")
     p.set_defaults(func=cmd_restore)
 
     p = sub.add_parser("info", help="versions, devices and backends")
     p.set_defaults(func=cmd_info)
+
+    from .pretrained.demo import add_parser as add_demo_parser
+    from .train.commands import add_parsers as add_train_parsers
+    add_demo_parser(sub)
+    add_train_parsers(sub)
     return parser
 
 

@@ -1,0 +1,203 @@
+"""Tiny CPU training runs: the loss falls, resuming is exact, 2-process DDP keeps ranks identical, the CLI works."""
+import csv
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from PIL import Image
+
+from dpir_fast import DPIR, cli, save_checkpoint
+from dpir_fast.data.datasets import ImageFolder
+from dpir_fast.models import FusionNet, MIRNet
+from dpir_fast.train import DenoiserTask, FusionTask, Processes, TrainConfig, fit, ir_pair, read_state
+from tests.helpers import tiny_swinir
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny convolutions run fastest on one thread, and far slower on two when the cores are busy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    """Four smooth 48×48 colour images (sums of random sinusoids)."""
+    root = tmp_path_factory.mktemp("photos")
+    yy, xx = np.mgrid[0:48, 0:48] / 48
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        img = sum(np.sin(2 * np.pi * (rng.uniform(0.5, 3) * xx + rng.uniform(0.5, 3) * yy) + rng.uniform(0, 6))[..., None]
+                  * rng.uniform(0, 1, 3) for _ in range(3))
+        img = (img - img.min()) / (img.max() - img.min())
+        Image.fromarray((img * 255).astype(np.uint8)).save(root / f"{i}.png")
+    return root
+
+
+def _tiny_mirnet() -> MIRNet:
+    torch.manual_seed(0)
+    return MIRNet(in_channels=4, out_channels=3, n_feat=8, n_rrg=1, n_msrb=1)
+
+
+def _config(out, steps, **kw) -> TrainConfig:
+    base = dict(out=out, steps=steps, batch=4, lr=2e-3, lr_decay=0.5, lr_every=3, workers=0, quiet=True,
+                ckpt_every=2, val_every=100, log_every=1)
+    return TrainConfig(**{**base, **kw})
+
+
+def _denoiser_task(photos, model=None) -> DenoiserTask:
+    return DenoiserTask(model or _tiny_mirnet(), ImageFolder(photos, 16), 16)
+
+
+def _log(out: Path) -> list[dict]:
+    with (out / "log.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_denoiser_loss_decreases(photos, tmp_path):
+    fit(_denoiser_task(photos), _config(tmp_path, 40, lr_every=1000), Processes())
+    losses = [float(r["loss"]) for r in _log(tmp_path)]
+    assert len(losses) == 40
+    assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:5])
+    state = read_state(tmp_path / "last.pt")
+    assert state["step"] == 40 and set(state["rng"]) == {"torch", "python", "numpy", "cuda"}
+    assert state["scheduler"]["last_epoch"] == 40 and state["optimizer"]["state"]
+
+
+def _same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_denoiser_resume_is_exact_with_ema(photos, tmp_path):
+    fit(_denoiser_task(photos), _config(tmp_path / "full", 6, ema=0.9), Processes())
+    fit(_denoiser_task(photos), _config(tmp_path / "part", 3, ema=0.9), Processes())
+    fit(_denoiser_task(photos), _config(tmp_path / "part", 6, ema=0.9, resume=True), Processes())
+    full, part = read_state(tmp_path / "full" / "last.pt"), read_state(tmp_path / "part" / "last.pt")
+    _same_weights(full["model"]["state_dict"], part["model"]["state_dict"])
+    _same_weights(full["ema"], part["ema"])
+    assert [r["loss"] for r in _log(tmp_path / "full")] == [r["loss"] for r in _log(tmp_path / "part")]
+    exported = torch.load(tmp_path / "part" / "model.pt", weights_only=True)
+    _same_weights(exported["state_dict"], {k: v for k, v in part["ema"].items()})
+
+
+def _fusion_task(photos, pool) -> FusionTask:
+    torch.manual_seed(1)
+    ir, den = tiny_swinir(4), _tiny_mirnet()
+    torch.manual_seed(2)
+    fusion = FusionNet(n_feat=8, growth=4, time_hidden=8)
+    return FusionTask("sr4x", fusion, ir, den, ImageFolder(photos, 16), 16, pool=pool, val=ImageFolder(photos, 16))
+
+
+def test_fusion_resume_is_exact_and_ir_is_frozen(photos, tmp_path):
+    full_task = _fusion_task(photos, pool=3)
+    ir_before = {k: v.clone() for k, v in full_task.ir.state_dict().items()}
+    result = fit(full_task, _config(tmp_path / "full", 4, val_every=4), Processes())
+    assert {"val_psnr_ir", "val_psnr_t1", "val_psnr_t125", "val_psnr_t250"} <= set(result)
+    _same_weights(ir_before, full_task.ir.state_dict())
+    assert not full_task.ir.training and not full_task.denoiser.training and len(full_task.cache) == 3
+    fit(_fusion_task(photos, 3), _config(tmp_path / "part", 2), Processes())
+    fit(_fusion_task(photos, 3), _config(tmp_path / "part", 4, resume=True), Processes())
+    _same_weights(read_state(tmp_path / "full" / "last.pt")["model"]["state_dict"],
+                  read_state(tmp_path / "part" / "last.pt")["model"]["state_dict"])
+
+
+class FakeBurstNet(nn.Module):
+    """[B, N, 4, h, w] → [B, 3, 8h, 8w]: the base frame's planes shuffled up, as a stand-in for BSRT."""
+
+    burst_frames = 2
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 3 * 64, 1)
+
+    def forward(self, x):
+        return nn.functional.pixel_shuffle(self.conv(x[:, 0]), 8)
+
+
+@pytest.mark.parametrize("task", ["deblur", "burst"])
+def test_deblur_and_burst_pairs_are_keyed_by_crop(task):
+    ir = FakeBurstNet() if task == "burst" else nn.Conv2d(3, 3, 3, padding=1)
+    x0 = torch.rand(2, 3, 32, 32)
+    ids = torch.tensor([5, 9])
+    a, b = ir_pair(task, ir, x0, ids, 0), ir_pair(task, ir, x0, ids, 0)
+    assert a[0].shape == a[1].shape == x0.shape
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    other = ir_pair(task, ir, x0, torch.tensor([6, 9]), 0)
+    assert not torch.equal(other[0][0], a[0][0]) and torch.equal(other[0][1], a[0][1])
+
+
+def test_two_process_ddp_keeps_ranks_identical_and_resumes_on_one(photos, tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys, torch
+        sys.path.insert(0, {str(REPO)!r})
+        from tests.test_train import _config, _denoiser_task
+        from dpir_fast.train import fit, start_processes, stop_processes
+        procs = start_processes("cpu")
+        task = _denoiser_task({str(photos)!r})
+        fit(task, _config({str(tmp_path / "ddp")!r}, 3), procs)
+        torch.save(task.model.state_dict(), {str(tmp_path)!r} + f"/rank{{procs.rank}}.pt")
+        stop_processes()
+    """))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(script)], env=env, capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    _same_weights(rank0, rank1)
+    assert read_state(tmp_path / "ddp" / "last.pt")["world"] == 2
+    # resume the 2-process run in one process; it follows the one-process run (same global batches and noise)
+    fit(_denoiser_task(photos), _config(tmp_path / "ddp", 5, resume=True), Processes())
+    fit(_denoiser_task(photos), _config(tmp_path / "single", 5), Processes())
+    resumed = read_state(tmp_path / "ddp" / "last.pt")["model"]["state_dict"]
+    single = read_state(tmp_path / "single" / "last.pt")["model"]["state_dict"]
+    for k in single:
+        assert torch.allclose(resumed[k], single[k], atol=1e-4, rtol=1e-3), k
+
+
+def test_cli_train_fusion_writes_a_pipeline(photos, tmp_path, capsys):
+    torch.manual_seed(0)
+    save_checkpoint(tiny_swinir(4), tmp_path / "ir.pt")
+    save_checkpoint(_tiny_mirnet(), tmp_path / "den.pt")
+    code = cli.main(["train-fusion", "--task", "sr4x", "--ir-checkpoint", str(tmp_path / "ir.pt"),
+                     "--denoiser-checkpoint", str(tmp_path / "den.pt"), "--data", str(photos), "--val-data",
+                     str(photos), "--out", str(tmp_path / "run"), "--steps", "2", "--batch", "2", "--crop", "16",
+                     "--n-feat", "8", "--growth", "4", "--workers", "0", "--device", "cpu", "--pool", "4"])
+    assert code == 0, capsys.readouterr().err
+    pipe = DPIR.from_checkpoint(tmp_path / "run" / "pipeline.pt")
+    assert pipe.nfe == 51 and pipe.fusion.config["n_feat"] == 8
+    assert "val_psnr_t250" in _log(tmp_path / "run")[0]
+    code = cli.main(["train-fusion", "--task", "sr4x", "--ir-checkpoint", str(tmp_path / "missing.pt"),
+                     "--denoiser-checkpoint", str(tmp_path / "den.pt"), "--data", str(photos), "--device", "cpu"])
+    assert code == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_restore_under_torchrun_shards_files(monkeypatch, tmp_path):
+    for i in range(5):
+        Image.new("RGB", (6, 4), (40 * i, 0, 0)).save(tmp_path / f"{i}.png")
+    (tmp_path / "model.pt").write_bytes(b"fake")
+    pipe = type("Pipe", (), {"scale": 2, "in_channels": 3, "device": torch.device("cpu"), "burst_frames": None,
+                             "__call__": lambda self, y, seed=0: y.repeat_interleave(2, -1).repeat_interleave(2, -2)})()
+    monkeypatch.setattr(cli, "_load_pipeline", lambda *args: pipe)
+    written = {}
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("LOCAL_RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        out = tmp_path / f"out{rank}"
+        assert cli.main(["restore", *(str(tmp_path / f"{i}.png") for i in range(5)), "-o", str(out),
+                         "--checkpoint", str(tmp_path / "model.pt"), "--device", "cpu", "--quiet"]) == 0
+        written[rank] = sorted(p.name for p in out.iterdir())
+    assert written == {0: ["0.png", "2.png", "4.png"], 1: ["1.png", "3.png"]}
