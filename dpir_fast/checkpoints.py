@@ -120,6 +120,19 @@ def build_model(record: dict) -> nn.Module:
     return load_checkpoint(model, {"state_dict": record["state_dict"]})
 
 
+def atomic_save(obj, path: Path) -> None:
+    """torch.save to a temporary file beside ``path``, then rename: an interrupted save leaves the old file whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def save_checkpoint(obj: nn.Module, path: str | Path) -> Path:
     """Save a network or a whole :class:`~dpir_fast.DPIR` with its architecture, atomically."""
     from .pipeline import DPIR
@@ -131,15 +144,7 @@ def save_checkpoint(obj: nn.Module, path: str | Path) -> Path:
         record = _model_record(obj)
     record.update(format=FORMAT, version=VERSION)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(record, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_save(record, path)
     return path
 
 

@@ -24,3 +24,10 @@ def crop_to(x: torch.Tensor, size: tuple[int, int], scale: int = 1) -> torch.Ten
     """Undo :func:`pad_to_multiple` on an output that is ``scale`` times the input size."""
     h, w = size
     return x[..., : h * scale, : w * scale]
+
+
+def check_image_batch(x: torch.Tensor, channels: int, name: str) -> None:
+    """A ValueError naming ``name`` unless x is a floating [B, channels, H, W] tensor."""
+    if x.dim() != 4 or x.shape[1] != channels or not x.is_floating_point():
+        raise ValueError(f"{name} expects a floating [B, {channels}, H, W] tensor, "
+                         f"got {x.dtype} of shape {tuple(x.shape)}")

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._common import crop_to, pad_to_multiple
+from ._common import check_image_batch, crop_to, pad_to_multiple
 
 PATCH = 8
 
@@ -193,9 +193,7 @@ class FFTformer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, inp_channels, H, W] -> [B, out_channels, H, W]."""
-        if x.dim() != 4 or x.shape[1] != self.in_channels or not x.is_floating_point():
-            raise ValueError(f"FFTformer expects a floating [B, {self.in_channels}, H, W] tensor, "
-                             f"got {x.dtype} of shape {tuple(x.shape)}")
+        check_image_batch(x, self.in_channels, "FFTformer")
         in_dtype = x.dtype
         x, size = pad_to_multiple(x.to(self.output.weight.dtype), self.size_multiple)
         enc1 = self.encoder_level1(self.patch_embed(x))

@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from ._common import crop_to, pad_to_multiple
+from ._common import check_image_batch, crop_to, pad_to_multiple
 
 _RGB_MEAN = (0.4488, 0.4371, 0.4040)
 _UPSAMPLERS = ("pixelshuffle", "pixelshuffledirect", "nearest+conv", "")
@@ -374,9 +374,7 @@ class SwinIR(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, in_chans, H, W] -> [B, in_chans, H·scale, W·scale]."""
-        if x.dim() != 4 or x.shape[1] != self.in_chans or not x.is_floating_point():
-            raise ValueError(f"SwinIR expects a floating [B, {self.in_chans}, H, W] tensor, "
-                             f"got {x.dtype} of shape {tuple(x.shape)}")
+        check_image_batch(x, self.in_chans, "SwinIR")
         in_dtype = x.dtype
         x, size = pad_to_multiple(x.to(self.conv_first.weight.dtype), self.size_multiple)
         mean = self.mean.to(x.dtype)

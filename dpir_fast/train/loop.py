@@ -9,7 +9,6 @@ EMA is on, loadable with ``load_checkpoint``/``build_model``) and ``log.csv``.
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from ..checkpoints import _model_record, save_checkpoint
+from ..checkpoints import _model_record, atomic_save, save_checkpoint
 from ..data.datasets import StepBatches
 from .common import EMA, CsvLog, Processes, ProgressLine, StepRandom, TrainError, rng_states, set_rng_states
 
@@ -55,16 +54,9 @@ def _autocast(precision: str, device: torch.device):
     return contextlib.nullcontext()
 
 
-def _atomic_save(obj: dict, path: Path) -> None:
-    """Write then rename, so that an interrupted save leaves the previous file whole (rank 0 only writes)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def save_state(path: Path, task, cfg: TrainConfig, step: int, opt, sched, ema: EMA | None, world: int) -> None:
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
-    _atomic_save({"format": STATE_FORMAT, "version": 1, "kind": task.name, "task": task.record(),
+    atomic_save({"format": STATE_FORMAT, "version": 1, "kind": task.name, "task": task.record(),
                   "config": config, "model": _model_record(task.model), "optimizer": opt.state_dict(),
                   "scheduler": sched.state_dict(), "ema": ema.shadow if ema else None, "step": step,
                   "world": world, "rng": rng_states()}, path)
