@@ -45,22 +45,34 @@ def _triton(x: torch.Tensor, backend: str, *tensors) -> bool:
     return True
 
 
+def _write(result, out: torch.Tensor | None, den_out: torch.Tensor | None):
+    """The reference's (x_next[, den]) copied into the caller's buffers when given."""
+    x_next, den = result if isinstance(result, tuple) else (result, None)
+    if out is not None:
+        x_next = out.copy_(x_next)
+    if den is None:
+        return x_next
+    return x_next, den_out.copy_(den) if den_out is not None else den
+
+
 def sampler_update(x0_hat: torch.Tensor, x_t: torch.Tensor | None, update: SamplerUpdate, seeds,
                    full_size=None, origin=(0, 0), den_dtype: torch.dtype | None = None,
-                   den_channels_last: bool = False, backend: str = "auto"):
+                   den_channels_last: bool = False, backend: str = "auto", out: torch.Tensor | None = None,
+                   den_out: torch.Tensor | None = None):
     """x_next = a·x0̂ + b·x_t + σ·z [B, C, H, W] float32, one pass; with ``den_dtype`` also the next
     denoiser input [B, C + 1, H, W] (channels_last if asked): (x_next, den_input).
 
-    x0̂, x_t: any float dtype and strides. ``seeds``: one per image (ints, or an int64 tensor [B] on the
-    device, which CUDA graphs keep static). Reference: :func:`~dpir_fast.reference.sampler_update_ref`.
+    x0̂, x_t: any float dtype and strides. ``seeds``: one per image (ints or an int64 tensor [B]), or noise
+    keys [B, 4] (:func:`~dpir_fast.reference.noise.noise_keys`; on the device, CUDA graphs keep them
+    static); ``full_size``/``origin``: one pair or one per image. ``out`` / ``den_out``: buffers to write
+    (``out`` may be x_t). Reference: :func:`~dpir_fast.reference.sampler_update_ref`.
     """
     if not _triton(x0_hat, backend, x0_hat, x_t):
-        seeds = seeds.tolist() if torch.is_tensor(seeds) else seeds
-        return sampler_update_ref(x0_hat, x_t, update, seeds, full_size, origin, den_dtype, den_channels_last)
-    k = _kernels()
-    return k.affine_update(x0_hat, x_t, update.a, update.b, update.sigma, update.stream,
-                           k.seed_tensor(seeds, x0_hat.shape[0], x0_hat.device), update.den_scale,
-                           update.den_level, full_size, origin, den_dtype, den_channels_last)
+        return _write(sampler_update_ref(x0_hat, x_t, update, seeds, full_size, origin, den_dtype,
+                                         den_channels_last), out, den_out)
+    return _kernels().affine_update(x0_hat, x_t, update.a, update.b, update.sigma, update.stream, seeds,
+                                    update.den_scale, update.den_level, full_size, origin, den_dtype,
+                                    den_channels_last, out, den_out)
 
 
 def jump(x_ir: torch.Tensor, schedule: Schedule, tau: int, seeds, start: str = "jump", full_size=None,
@@ -115,7 +127,8 @@ def _compute_dtype(net, device: torch.device, dtype: torch.dtype | None) -> torc
 
 def fusion_step(net, x_ir: torch.Tensor, x_den: torch.Tensor, t, x_t: torch.Tensor | None,
                 update: SamplerUpdate, seeds, weights: torch.Tensor | None = None, dtype: torch.dtype | None = None,
-                full_size=None, origin=(0, 0), den_dtype=None, den_channels_last=False, backend: str = "auto"):
+                full_size=None, origin=(0, 0), den_dtype=None, den_channels_last=False, backend: str = "auto",
+                out: torch.Tensor | None = None, den_out: torch.Tensor | None = None):
     """x_next = a·FusionNet(x_IR, x_den, t) + b·x_t + σ·z [B, C, H, W] float32 (and the next denoiser input).
 
     With Triton and a ``models.FusionNet``, the whole network is fused and the update is the last conv's
@@ -126,14 +139,13 @@ def fusion_step(net, x_ir: torch.Tensor, x_den: torch.Tensor, t, x_t: torch.Tens
     """
     if not fuses(net, x_ir, backend, (x_den, x_t)):
         x0_hat = fusion_ref(net, x_ir, x_den, t)
-        return sampler_update(x0_hat, x_t, update, seeds, full_size, origin, den_dtype, den_channels_last, backend)
-    k = _kernels()
+        return sampler_update(x0_hat, x_t, update, seeds, full_size, origin, den_dtype, den_channels_last, backend,
+                              out, den_out)
     if weights is None:
         weights = fusion_time_weights(net, t)
-    return k.fusion_forward(net, x_ir, x_den, weights, _compute_dtype(net, x_ir.device, dtype),
-                            k.seed_tensor(seeds, x_ir.shape[0], x_ir.device), x_t, update.a, update.b, update.sigma,
-                            update.stream, update.den_scale, update.den_level, full_size, origin, den_dtype,
-                            den_channels_last)
+    return _kernels().fusion_forward(net, x_ir, x_den, weights, _compute_dtype(net, x_ir.device, dtype), seeds, x_t,
+                                     update.a, update.b, update.sigma, update.stream, update.den_scale,
+                                     update.den_level, full_size, origin, den_dtype, den_channels_last, out, den_out)
 
 
 def fusion(net, x_ir: torch.Tensor, x_den: torch.Tensor, t, weights: torch.Tensor | None = None,

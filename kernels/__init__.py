@@ -5,6 +5,6 @@ fusion.py: FusionNet's convolutions as NHWC implicit GEMMs with fused epilogues;
 weight packing and launch sequence.
 """
 from .fusion_net import fusion_forward, is_fusion_net, unsupported_reason
-from .sampler import affine_update, seed_tensor
+from .sampler import affine_update, key_tensor
 
-__all__ = ["affine_update", "fusion_forward", "is_fusion_net", "seed_tensor", "unsupported_reason"]
+__all__ = ["affine_update", "fusion_forward", "is_fusion_net", "key_tensor", "unsupported_reason"]

@@ -99,10 +99,10 @@ def conv3x3_kernel(src, s_b, s_c, s_h, s_w, w_ptr, bias_ptr, dst, d_row, mix_off
 
 @triton.jit(do_not_specialize=["step"])
 def conv_out_kernel(src, s_b, s_c, s_h, s_w, w_ptr, bias_ptr, ROWS, H, W, C_IN, ir_ptr, ir_b, ir_c, ir_h, ir_w,
-                    xt_ptr, xt_b, xt_c, xt_h, xt_w, out_ptr, den_ptr, den_b, den_c, den_w, seed_ptr,
-                    a, b, sigma, den_scale, den_level, step, FH, FW, Y0, X0, C: tl.constexpr,
+                    xt_ptr, xt_b, xt_c, xt_h, xt_w, out_ptr, den_ptr, den_b, den_c, den_w, key_ptr,
+                    a, b, sigma, den_scale, den_level, step, C: tl.constexpr,
                     RESIDUAL: tl.constexpr, HAS_XT: tl.constexpr, NOISE: tl.constexpr, WRITE_DEN: tl.constexpr,
-                    TILED: tl.constexpr, K_CHUNKS: tl.constexpr, N_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
+                    K_CHUNKS: tl.constexpr, N_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_FP32: tl.constexpr):
     """Grid (cdiv(ROWS, BLOCK_M),), ROWS = B·H·W: x0̂ = conv + bias (+ x_IR), x_next = a·x0̂ + b·x_t + σ·z.
 
@@ -113,14 +113,13 @@ def conv_out_kernel(src, s_b, s_c, s_h, s_w, w_ptr, bias_ptr, ROWS, H, W, C_IN, 
     n = tl.arange(0, BLOCK_N)
     acc = conv_acc(src, img * s_b + y * s_h + x * s_w, s_c, s_h, s_w, y, x, m_ok, w_ptr, n, H, W, C_IN, K_CHUNKS,
                    N_PAD, BLOCK_M, BLOCK_N, BLOCK_K, DOT_FP32)
-    seed = tl.load(seed_ptr + img, mask=m_ok, other=0)
-    noise_off = noise_base(p, y, x, step, FW, Y0, X0, TILED)
+    seed, noise_off, plane = noise_base(key_ptr, img, y, x, step, m_ok)
     den_off = img * den_b + p * den_w
     for c in tl.static_range(C):
         x0 = tl.sum(tl.where(n[None, :] == c, acc, 0.0), axis=1) + tl.load(bias_ptr + c)
         if RESIDUAL:
             x0 += tl.load(ir_ptr + img * ir_b + c * ir_c + y * ir_h + x * ir_w, mask=m_ok, other=0.0).to(tl.float32)
-        update_channel(x0, c, m_ok, seed, noise_off, FH * FW, xt_ptr, img * xt_b + y * xt_h + x * xt_w, xt_c,
+        update_channel(x0, c, m_ok, seed, noise_off, plane, xt_ptr, img * xt_b + y * xt_h + x * xt_w, xt_c,
                        out_ptr, img * (C * H * W) + p, H * W, den_ptr, den_off, den_c, a, b, sigma, den_scale,
                        HAS_XT, NOISE, WRITE_DEN)
     if WRITE_DEN:

@@ -16,7 +16,7 @@ from dpir_fast._backend import interpreting
 from dpir_fast.models.fusion import DenseBlock, FusionNet
 
 from .fusion import ACTS, EPI_ACT, EPI_MIX, EPI_RESIDUAL, conv3x3_kernel, conv_out_kernel
-from .sampler import check_extent, new_den, on_tensor_device, tile_geometry
+from .sampler import check_den, check_extent, check_out, key_tensor, on_tensor_device
 
 # Pixel tile per conv: the mix conv holds two accumulators, and IEEE float32 dots (CUDA-core FMA) hold
 # their operands in registers, so both take smaller tiles (sizes checked against ptxas for sm_80/sm_90).
@@ -133,14 +133,16 @@ def _conv(pc: PackedConv, src, strides, dst: torch.Tensor, images: int, size, ac
 
 @on_tensor_device
 def fusion_forward(net: FusionNet, x_ir: torch.Tensor, x_den: torch.Tensor, weights: torch.Tensor,
-                   dtype: torch.dtype, seeds: torch.Tensor, x_t: torch.Tensor | None = None, a: float = 1.0,
+                   dtype: torch.dtype, seeds, x_t: torch.Tensor | None = None, a: float = 1.0,
                    b: float = 0.0, sigma: float = 0.0, step: int = 0, den_scale: float = 1.0,
                    den_level: float = 0.0, full_size=None, origin=(0, 0), den_dtype: torch.dtype | None = None,
-                   den_channels_last: bool = False):
+                   den_channels_last: bool = False, out: torch.Tensor | None = None,
+                   den_out: torch.Tensor | None = None):
     """x_next = a·FusionNet(x_IR, x_den) + b·x_t + σ·z [B, C, H, W] float32 (a = 1, b = σ = 0: x0̂ itself).
 
     x_ir, x_den: [B, C, H, W] any float dtype and strides; weights: the 3CA weights [1 or B, n_feat]
-    float32; seeds: int64 [B]. With ``den_dtype`` also returns the next denoiser input [B, C + 1, H, W].
+    float32; seeds: see ``sampler.key_tensor``. With ``den_dtype`` also returns the next denoiser input
+    [B, C + 1, H, W]. ``out`` / ``den_out``: buffers to write into (``out`` may be x_t itself).
     """
     batch, channels, height, width = x_ir.shape
     if x_den.shape != x_ir.shape or (x_t is not None and x_t.shape != x_ir.shape):
@@ -151,7 +153,7 @@ def fusion_forward(net: FusionNet, x_ir: torch.Tensor, x_den: torch.Tensor, weig
     if weights.shape not in ((1, net.config["n_feat"]), (batch, net.config["n_feat"])):
         raise ValueError(f"the 3CA weights are [1 or {batch}, {net.config['n_feat']}], got {tuple(weights.shape)}")
     weights = weights.to(x_ir.device, torch.float32).contiguous()
-    full_h, full_w, y0, x0, tiled = tile_geometry(x_ir.shape, full_size, origin)
+    keys = key_tensor(seeds, x_ir.shape, full_size, origin, x_ir.device)
     packed = packed_fusion(net, dtype)
     size, hw = (height, width), height * width
     n_feat, growth = net.config["n_feat"], net.config["growth"]
@@ -173,17 +175,17 @@ def fusion_forward(net: FusionNet, x_ir: torch.Tensor, x_den: torch.Tensor, weig
         else:
             _conv(block[4], buf, nhwc, decs[j % 2], batch, size, epi=EPI_RESIDUAL, res_scale=module.res_scale)
     src = decs[len(net.decoder) % 2]
-    out = torch.empty(x_ir.shape, dtype=torch.float32, device=x_ir.device)
-    den = new_den(x_ir.shape, den_dtype, den_channels_last, x_ir.device) if den_dtype is not None else out
+    out = check_out(out, x_ir.shape, torch.float32, x_ir.device)
+    den = check_den(den_out, x_ir.shape, den_dtype, den_channels_last, x_ir.device) if den_dtype is not None else out
     has_xt = x_t is not None and b != 0
     xt = check_extent(x_t) if has_xt else out
     pc = packed["conv_out"]
     block_m = _block_m(batch * hw, False, dtype)
     conv_out_kernel[(triton.cdiv(batch * hw, block_m),)](
         src, *nhwc, pc.weight, pc.bias, batch * hw, height, width, pc.c_in, x_ir, *x_ir.stride(), xt, *xt.stride(), out,
-        den, den.stride(0), den.stride(1), den.stride(3), seeds, a, b, sigma, den_scale, den_level, step,
-        full_h, full_w, y0, x0, C=channels, RESIDUAL=net.config["residual"] == "ir", HAS_XT=has_xt,
-        NOISE=sigma > 0, WRITE_DEN=den_dtype is not None, TILED=tiled, K_CHUNKS=pc.k_chunks,
+        den, den.stride(0), den.stride(1), den.stride(3), keys, a, b, sigma, den_scale, den_level, step,
+        C=channels, RESIDUAL=net.config["residual"] == "ir", HAS_XT=has_xt,
+        NOISE=sigma > 0, WRITE_DEN=den_dtype is not None, K_CHUNKS=pc.k_chunks,
         N_PAD=pc.weight.shape[1], BLOCK_M=block_m, BLOCK_N=pc.block_n, BLOCK_K=pc.block_k,
         DOT_FP32=_dot_fp32(dtype), num_warps=4, num_stages=3)
     return (out, den) if den_dtype is not None else out

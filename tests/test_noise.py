@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from dpir_fast.reference.noise import draw_noise, noise_offsets, philox4x32, philox_randn
+from dpir_fast.reference.noise import draw_noise, noise_keys, philox4x32, philox_randn
 
 
 def words(*values):
@@ -58,6 +58,18 @@ def test_crop_draws_the_whole_images_numbers():
     torch.testing.assert_close(crop, whole[:, :, 20:31, 33:53], rtol=0, atol=0)
 
 
+def test_a_batch_mixes_tiles_of_different_images():
+    """Per-image full sizes and origins: each crop draws its own image's numbers (what tiled batches need)."""
+    a, b = draw_noise([5], 4, (1, 3, 37, 53)), draw_noise([9], 4, (1, 3, 20, 24))
+    keys = noise_keys([5, 9, 5], (3, 3, 8, 10), full_size=[(37, 53), (20, 24), (37, 53)],
+                      origin=[(3, 40), (12, 14), (0, 0)])
+    mixed = draw_noise(keys, 4, (3, 3, 8, 10))
+    assert torch.equal(mixed[0], a[0, :, 3:11, 40:50])
+    assert torch.equal(mixed[1], b[0, :, 12:20, 14:24])
+    assert torch.equal(mixed[2], a[0, :, :8, :10])
+    assert keys.tolist()[1] == [9, 12 * 24 + 14, 24, 20 * 24]
+
+
 def test_seed_and_step_change_the_draw_and_repeat_exactly():
     a = draw_noise([1], 2, (1, 3, 8, 8))
     assert torch.equal(a, draw_noise([1], 2, (1, 3, 8, 8)))
@@ -67,7 +79,13 @@ def test_seed_and_step_change_the_draw_and_repeat_exactly():
 
 def test_bad_arguments():
     with pytest.raises(ValueError, match="does not fit"):
-        noise_offsets(0, 3, 10, 10, full_size=(12, 12), origin=(5, 0))
+        noise_keys([0], (1, 3, 10, 10), full_size=(12, 12), origin=(5, 0))
+    with pytest.raises(ValueError, match="one \\(h, w\\) pair"):
+        noise_keys([0, 1], (2, 3, 4, 4), origin=[(0, 0)] * 3)
+    with pytest.raises(ValueError, match="noise counter"):
+        noise_keys([0], (1, 3, 4, 4), full_size=(40000, 40000))
+    with pytest.raises(ValueError, match="int64 \\[2, 4\\]"):
+        noise_keys(torch.zeros(3, 4, dtype=torch.int64), (2, 3, 4, 4))
     with pytest.raises(ValueError, match="one seed per image"):
         draw_noise([1], 0, (2, 3, 4, 4))
     with pytest.raises(ValueError, match="2\\*\\*63"):

@@ -7,10 +7,11 @@ numbers the whole image would at those pixels.
 ``tl.randn(seed, offset)`` runs Philox4x32-10 on the counter (offset_lo, offset_hi, 0, 0) with
 the key (seed_lo, seed_hi), maps the first two words to uniforms and returns the cosine branch of
 Box–Muller. We use ``offset = step·2³² + pixel`` with ``pixel = (c·H + y)·W + x`` on the full
-image, and the image's seed as the key.
+image, and the image's seed as the key (:func:`noise_keys`).
 """
 from __future__ import annotations
 
+import numbers
 from typing import Sequence
 
 import torch
@@ -66,31 +67,54 @@ def philox_randn(seed: int, offsets: torch.Tensor) -> torch.Tensor:
     return radius * torch.cos(u2 * 6.283185307179586)
 
 
-def noise_offsets(step: int, channels: int, height: int, width: int,
-                  full_size: tuple[int, int] | None = None, origin: tuple[int, int] = (0, 0),
-                  device: torch.device | str | None = None) -> torch.Tensor:
-    """Counter offsets [channels, height, width] of a crop at ``origin`` of a full_size image.
+def _per_image(value, batch: int, name: str) -> list[tuple[int, int]]:
+    """``value``: one (a, b) pair for the batch or one pair per image → a list of ``batch`` int pairs."""
+    pairs = list(value)
+    if len(pairs) == 2 and all(isinstance(v, numbers.Integral) for v in pairs):
+        pairs = [pairs] * batch
+    if len(pairs) != batch:
+        raise ValueError(f"{name}: need one (h, w) pair for the batch or one per image ({batch}), got {value}")
+    return [(int(a), int(b)) for a, b in pairs]
 
-    ``full_size`` defaults to (height, width): the crop is the whole image.
+
+def noise_keys(seeds, shape: Sequence[int], full_size=None, origin=(0, 0)) -> torch.Tensor:
+    """Noise keys [B, 4] int64 (seed, base, row, plane) of a batch of crops [B, C, h, w] (on the CPU).
+
+    Value (c, y, x) of crop b draws counter ``step·2³² + base + y·row + x + c·plane``: pixel
+    (c, y0 + y, x0 + x) of its full image. ``full_size`` (default: the crop's size) and ``origin``:
+    one (h, w) pair for the batch or one per image, so a batch can mix tiles of different images.
+    ``seeds``: ints in [0, 2⁶³), an int64 tensor [B], or keys [B, 4] already built (returned as is).
     """
-    full_h, full_w = full_size if full_size is not None else (height, width)
-    y0, x0 = origin
-    if y0 < 0 or x0 < 0 or y0 + height > full_h or x0 + width > full_w:
-        raise ValueError(f"a {height}×{width} crop at {origin} does not fit a {full_h}×{full_w} image")
-    if channels * full_h * full_w >= 2**32:
-        raise ValueError(f"an image of {channels}×{full_h}×{full_w} values exceeds the 2**32 noise counter")
-    c = torch.arange(channels, device=device, dtype=torch.int64).view(-1, 1, 1)
-    y = torch.arange(y0, y0 + height, device=device, dtype=torch.int64).view(1, -1, 1)
-    x = torch.arange(x0, x0 + width, device=device, dtype=torch.int64).view(1, 1, -1)
-    return (int(step) << 32) + (c * full_h + y) * full_w + x
-
-
-def draw_noise(seeds: Sequence[int], step: int, shape: Sequence[int],
-               full_size: tuple[int, int] | None = None, origin: tuple[int, int] = (0, 0),
-               device: torch.device | str | None = None) -> torch.Tensor:
-    """The sampler noise z [B, C, h, w] (float32) of one step: image b drawn with key ``seeds[b]``."""
-    batch, channels, height, width = shape
+    batch, channels, height, width = (int(v) for v in shape)
+    if torch.is_tensor(seeds) and seeds.dim() == 2:
+        if tuple(seeds.shape) != (batch, 4) or seeds.dtype != torch.int64:
+            raise ValueError(f"noise keys must be int64 [{batch}, 4], got {seeds.dtype} {tuple(seeds.shape)}")
+        return seeds
+    seeds = seeds.tolist() if torch.is_tensor(seeds) else [int(s) for s in seeds]
     if len(seeds) != batch:
         raise ValueError(f"need one seed per image: {batch} images, {len(seeds)} seeds")
-    offsets = noise_offsets(step, channels, height, width, full_size, origin, device)
-    return torch.stack([philox_randn(s, offsets) for s in seeds])
+    if any(not 0 <= s < 2**63 for s in seeds):
+        raise ValueError(f"seeds are integers in [0, 2**63), got {seeds}")
+    sizes = _per_image(full_size if full_size is not None else (height, width), batch, "full_size")
+    keys = []
+    for seed, (full_h, full_w), (y0, x0) in zip(seeds, sizes, _per_image(origin, batch, "origin")):
+        if y0 < 0 or x0 < 0 or y0 + height > full_h or x0 + width > full_w:
+            raise ValueError(f"a {height}×{width} crop at {(y0, x0)} does not fit a {full_h}×{full_w} image")
+        if channels * full_h * full_w > 2**32:
+            raise ValueError(f"an image of {channels}×{full_h}×{full_w} values exceeds the 2**32 noise counter; "
+                             "restore it in parts")
+        keys.append((seed, y0 * full_w + x0, full_w, full_h * full_w))
+    return torch.tensor(keys, dtype=torch.int64)
+
+
+def draw_noise(seeds, step: int, shape: Sequence[int], full_size=None, origin=(0, 0),
+               device: torch.device | str | None = None) -> torch.Tensor:
+    """The sampler noise z [B, C, h, w] (float32) of one step: crop b drawn with ``noise_keys(...)[b]``
+    (``seeds``, ``full_size``, ``origin``: as :func:`noise_keys` takes them)."""
+    _, channels, height, width = shape
+    keys = noise_keys(seeds, shape, full_size, origin).tolist()
+    c = torch.arange(channels, device=device, dtype=torch.int64).view(-1, 1, 1)
+    y = torch.arange(height, device=device, dtype=torch.int64).view(1, -1, 1)
+    x = torch.arange(width, device=device, dtype=torch.int64).view(1, 1, -1)
+    return torch.stack([philox_randn(seed, (int(step) << 32) + base + y * row + x + c * plane)
+                        for seed, base, row, plane in keys])
