@@ -135,9 +135,9 @@ def atomic_save(obj, path: Path) -> None:
 
 def save_checkpoint(obj: nn.Module, path: str | Path) -> Path:
     """Save a network or a whole :class:`~dpir_fast.DPIR` with its architecture, atomically."""
-    from .pipeline import DPIR
+    from .pipeline import DPIR, SAMPLER_SETTINGS
     if isinstance(obj, DPIR):
-        record = {"pipeline": {k: v for k, v in obj.settings.items() if k not in ("backend", "dtype")},
+        record = {"pipeline": {k: obj.settings[k] for k in SAMPLER_SETTINGS},
                   "schedule": obj.schedule.config(),
                   **{part: _model_record(getattr(obj, part)) for part in ("ir", "denoiser", "fusion")}}
     else:

@@ -1,21 +1,31 @@
-"""The sampling loop over the fused ops: jump → for each t: denoiser → fused fusion + update → next input.
+"""The sampling engine: static buffers per shape bucket, one step function over them, CUDA graphs.
 
-:class:`Engine` holds what is constant for a list of timesteps (the sampler coefficients, computed in
-float64 on the host, and FusionNet's 3CA time weights, computed once for all steps); :meth:`Engine.step`
-is one step as a function of (step index, state), the unit a later CUDA-graph capture replays.
+A :class:`Plan` fixes the timesteps and their updates (float64 coefficients from the schedule). An
+:class:`Engine` runs it for batches of IR estimates: each batch shape (a :class:`Bucket`) gets a
+:class:`Runner` that owns the static buffers — x_IR, the noise keys, the float32 state x_t (which ends
+as x0̂) and the denoiser input — and the step function runs over them: denoiser → FusionNet (fused with
+the update where Triton runs) → next denoiser input, after the jump. On CUDA the whole loop is captured
+into one ``torch.cuda.CUDAGraph`` per bucket (warm-up on a side stream, one memory pool shared by the
+buckets, per-step coefficients baked in); each replay reads the noise keys (seed and placement) from
+their device buffer, so it draws that batch's own noise. Elsewhere the same loop runs eagerly.
 """
 from __future__ import annotations
 
+import warnings
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
 
-from . import ops
+from . import _backend, ops
 from .models.fusion import FusionNet
+from .reference.noise import noise_keys
 from .reference.sampler import SamplerUpdate, ancestral_update, ddim_update, jump_update, sample_timesteps
 from .schedule import Schedule
+
+GRAPH_MODES = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
@@ -39,44 +49,145 @@ class Plan:
         return cls(tuple(steps), jump_update(schedule, tau, start), tuple(updates))
 
 
+@dataclass(frozen=True)
+class Bucket:
+    """The static shape of one runner: a batch of [C, H, W] estimates on ``device``."""
+
+    batch: int
+    channels: int
+    height: int
+    width: int
+    device: torch.device
+
+
+class Runner:
+    """The static buffers of one bucket and, once captured, the CUDA graph of the whole loop over them.
+
+    x_ir [B, C, H, W] float32 (input), keys [B, 4] int64 (noise keys), x [B, C, H, W] float32 (the state;
+    x0̂ after the last step), den [B, C + 1, H, W] (the denoiser input, in the engine's dtype and layout).
+    """
+
+    def __init__(self, bucket: Bucket, den_dtype: torch.dtype, channels_last: bool, capturable: bool):
+        shape = (bucket.batch, bucket.channels, bucket.height, bucket.width)
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        self.bucket = bucket
+        with torch.inference_mode(False):   # ordinary tensors: written in place whatever mode later calls run in
+            self.x_ir = torch.zeros(shape, dtype=torch.float32, device=bucket.device)
+            self.x = torch.zeros_like(self.x_ir)
+            self.keys = torch.zeros(bucket.batch, 4, dtype=torch.int64, device=bucket.device)
+            self.den = torch.empty(bucket.batch, bucket.channels + 1, bucket.height, bucket.width, dtype=den_dtype,
+                                   device=bucket.device, memory_format=fmt).zero_()
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.eager = not capturable   # True: never (again) try to capture
+
+
 class Engine:
     """Runs a :class:`Plan` with ``denoise`` ([x̃, σ̃] [B, C + 1, H, W] → [B, C, H, W]) and ``fusion``.
 
     ``dtype``: the networks' dtype (None: float32), which is also the denoiser input's dtype;
     ``channels_last``: the denoiser input's memory format. A ``models.FusionNet`` runs fused with the
     update in its last convolution where Triton runs; any other fusion module runs as itself.
+    ``graphs``: ``"auto"`` captures each CUDA bucket's loop into a graph (a failed capture warns once and
+    that bucket runs eagerly), ``"on"`` makes a failed capture an error, ``"off"`` always runs eagerly.
+    ``max_buckets``: runners (and graphs) kept, least recently used dropped first.
     """
 
     def __init__(self, plan: Plan, denoise: Callable[[torch.Tensor], torch.Tensor], fusion: nn.Module,
-                 dtype: torch.dtype | None = None, channels_last: bool = False, backend: str = "auto"):
+                 dtype: torch.dtype | None = None, channels_last: bool = False, backend: str = "auto",
+                 graphs: str = "auto", max_buckets: int = 8):
+        if graphs not in GRAPH_MODES:
+            raise ValueError(f"graphs must be one of {GRAPH_MODES}, got {graphs!r}")
+        if max_buckets < 1:
+            raise ValueError(f"max_buckets must be at least 1, got {max_buckets}")
         self.plan, self.denoise, self.fusion, self.backend = plan, denoise, fusion, backend
         self.dtype, self.den_dtype, self.channels_last = dtype, dtype or torch.float32, channels_last
+        self.graphs, self.max_buckets = graphs, max_buckets
         self.weights = ops.fusion_time_weights(fusion, plan.timesteps) if isinstance(fusion, FusionNet) else None
+        self.runners: "OrderedDict[Bucket, Runner]" = OrderedDict()
+        self._pools: dict[torch.device, tuple] = {}
+        self._warned = False
 
-    def start(self, x_ir: torch.Tensor, seeds, full_size=None, origin=(0, 0)):
-        """(x_τ [B, C, H, W] float32, the denoiser input at τ)."""
-        return ops.sampler_update(x_ir, None, self.plan.start, seeds, full_size, origin, self.den_dtype,
-                                  self.channels_last, self.backend)
+    # 1. The step function over a runner's buffers ------------------------------------------------------
+    def start(self, r: Runner) -> None:
+        """x_T → x_τ (the jump, or the forward start) and the denoiser input at τ."""
+        ops.sampler_update(r.x_ir, None, self.plan.start, r.keys, den_dtype=self.den_dtype,
+                           den_channels_last=self.channels_last, backend=self.backend, out=r.x, den_out=r.den)
 
-    def step(self, i: int, x_ir: torch.Tensor, x_t: torch.Tensor, den: torch.Tensor, seeds, full_size=None,
-             origin=(0, 0)) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Step i: (x at the next timestep [B, C, H, W] float32, its denoiser input; None after the last)."""
+    def step(self, r: Runner, i: int) -> None:
+        """Step i: x0̂ = fusion(x_IR, denoise(den), t_i), x ← update_i(x0̂, x), den ← next denoiser input."""
         last = i == len(self.plan.timesteps) - 1
-        t = self.plan.timesteps[i]
-        x_den = self.denoise(den)
-        if not ops.fuses(self.fusion, x_ir, self.backend):
-            x_den = x_den.to(x_ir.dtype)
+        x_den = self.denoise(r.den)
+        if not ops.fuses(self.fusion, r.x_ir, self.backend):
+            x_den = x_den.to(r.x_ir.dtype)
         weights = self.weights[i:i + 1] if self.weights is not None else None
-        out = ops.fusion_step(self.fusion, x_ir, x_den, t, x_t, self.plan.updates[i], seeds, weights, self.dtype,
-                              full_size, origin, None if last else self.den_dtype, self.channels_last, self.backend)
-        return (out, None) if last else out
+        ops.fusion_step(self.fusion, r.x_ir, x_den, self.plan.timesteps[i], r.x, self.plan.updates[i], r.keys,
+                        weights, self.dtype, den_dtype=None if last else self.den_dtype,
+                        den_channels_last=self.channels_last, backend=self.backend, out=r.x,
+                        den_out=None if last else r.den)
 
+    def loop(self, r: Runner) -> None:
+        """The whole sampler over ``r``'s buffers: afterwards ``r.x`` holds x0̂."""
+        self.start(r)
+        for i in range(len(self.plan.timesteps)):
+            self.step(r, i)
+
+    # 2. Buckets and graphs -------------------------------------------------------------------------------
+    def runner(self, bucket: Bucket) -> Runner:
+        """The runner of ``bucket`` (made on first use; the least recently used one goes beyond max_buckets)."""
+        r = self.runners.pop(bucket, None)
+        if r is None:
+            # only the Triton sampler ops are capture-safe (the reference draws its noise on the host)
+            capturable = (bucket.device.type == "cuda" and self.graphs != "off"
+                          and _backend.resolve("triton", bucket.device, self.backend) == "triton")
+            r = Runner(bucket, self.den_dtype, self.channels_last, capturable)
+        self.runners[bucket] = r
+        while len(self.runners) > self.max_buckets:
+            self.runners.popitem(last=False)
+        return r
+
+    def _capture(self, r: Runner) -> None:
+        """Warm up on a side stream (compiles kernels, packs weights, lets cuDNN choose), then capture."""
+        device = r.bucket.device
+        if device not in self._pools:
+            self._pools[device] = torch.cuda.graph_pool_handle()
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            self.loop(r)
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pools[device]):
+            self.loop(r)
+        r.graph = graph
+
+    def _run(self, r: Runner) -> None:
+        if r.graph is None and not r.eager:
+            try:
+                self._capture(r)
+            except Exception as error:   # any capture failure: run this bucket eagerly from now on
+                if self.graphs == "on":
+                    raise RuntimeError(f"CUDA-graph capture of the sampling loop failed: {error}") from error
+                r.graph, r.eager = None, True
+                if not self._warned:
+                    warnings.warn(f"CUDA-graph capture of the sampling loop failed ({type(error).__name__}: "
+                                  f"{error}); running eagerly", RuntimeWarning, stacklevel=3)
+                    self._warned = True
+        if r.graph is not None:
+            r.graph.replay()
+        else:
+            self.loop(r)
+
+    @torch.no_grad()
     def run(self, x_ir: torch.Tensor, seeds: Sequence[int] | torch.Tensor, full_size=None,
             origin=(0, 0)) -> torch.Tensor:
-        """x0̂ [B, C, H, W] float32 from the IR estimate x_IR [B, C, H, W]."""
-        seeds = seeds if torch.is_tensor(seeds) else torch.tensor([int(s) for s in seeds], dtype=torch.int64,
-                                                                   device=x_ir.device)
-        x_t, den = self.start(x_ir, seeds, full_size, origin)
-        for i in range(len(self.plan.timesteps)):
-            x_t, den = self.step(i, x_ir, x_t, den, seeds, full_size, origin)
-        return x_t
+        """x0̂ [B, C, H, W] float32 from the IR estimates x_IR [B, C, H, W].
+
+        ``seeds``, ``full_size``, ``origin``: the noise placement (:func:`~dpir_fast.reference.noise.noise_keys`),
+        per image or for the batch, so the crops of a tiled image draw that image's noise.
+        """
+        keys = noise_keys(seeds, x_ir.shape, full_size, origin)
+        r = self.runner(Bucket(*x_ir.shape, x_ir.device))
+        r.x_ir.copy_(x_ir)
+        r.keys.copy_(keys)
+        self._run(r)
+        return r.x.clone()

@@ -2,15 +2,17 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from pathlib import Path
 from typing import Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from . import _backend
-from .engine import Engine, Plan
+from . import _backend, tiling
+from .engine import GRAPH_MODES, Engine, Plan
 from .models._common import crop_to, pad_to_multiple
 from .reference.sampler import STARTS, TAILS, dpir_sample_ref, sample_timesteps
 from .schedule import Schedule
@@ -20,7 +22,14 @@ PRESETS = {
     "deblur": dict(tau=5, tail="ancestral", tail_steps=None),
     "burst": dict(tau=5, tail="ancestral", tail_steps=None),
 }
-DTYPES = {None: None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+SAMPLER_SETTINGS = ("tau", "tail", "tail_steps", "start", "eta")   # what a pipeline file keeps
+DEFAULTS = dict(tau=5, tail="ancestral", tail_steps=None, start="jump", eta=0.0, backend="auto", dtype=None, tile=None,
+                tile_overlap=64, batch_size=4, max_pixels=None, compile_ir=False, graphs="auto")
+# The measured peak bytes per output pixel is multiplied by this (allocator slack, cuDNN workspaces). Images whose
+# batch would fit even at UPPER_BYTES_PER_PIXEL (far above what the paper's networks need) skip the measurement.
+MEMORY_SLACK = 1.5
+UPPER_BYTES_PER_PIXEL = 64 * 1024
 
 
 def run_network(net: nn.Module, x: torch.Tensor, scale: int = 1) -> torch.Tensor:
@@ -46,27 +55,42 @@ class DPIR(nn.Module):
     """Modular conditional diffusion for image reconstruction (Zhussip et al., NeurIPS 2024).
 
     ``out = pipe(y, seed=0)``: y [B, C, h, w] float in [0, 1] → x0̂ [B, 3, h·s, w·s] float32 in
-    [0, 1], s the IR net's scale. The IR net runs once; the sampler starts at τ (``start="jump"``:
+    [0, 1], s the IR net's scale; or a list of images [C, h, w] / [1, C, h, w] of any sizes → a list
+    (equal tile shapes share batches). The IR net runs once; the sampler starts at τ (``start="jump"``:
     the closed-form jump of Lemma 3.2, or ``"forward"``: SDEdit/CCDF) and runs τ ancestral steps
     (``tail="ancestral"``) or ``tail_steps`` DDIM steps (``tail="ddim"``), each one denoiser and one
     fusion evaluation. ``pipe.nfe`` = 1 + that count. The denoiser receives [x̃_t, σ̃_t] as one
     [B, C + 1, h·s, w·s] tensor; the fusion gets (x_IR, x_den, t).
+
+    Engine settings: ``backend`` ("auto", "fast", "reference", "triton"); ``dtype`` ("bf16", "fp16",
+    "fp32"; None: bf16 on CUDA, fp32 elsewhere); ``tile`` (None: as large as memory and ``max_pixels``
+    allow; or a side / (h, w) in output pixels) and ``tile_overlap`` (output pixels): the whole
+    pipeline runs on overlapping tiles blended with raised-cosine weights, the noise drawn per global
+    pixel; ``batch_size`` tiles per batch; ``compile_ir``: ``torch.compile`` the IR net; ``graphs``:
+    CUDA-graph capture of the sampling loop ("auto", "on", "off"; :class:`~dpir_fast.engine.Engine`).
     """
 
     def __init__(self, ir: nn.Module, denoiser: nn.Module, fusion: nn.Module, schedule: Schedule | None = None,
                  tau: int = 5, tail: str = "ancestral", tail_steps: int | None = None, start: str = "jump",
-                 eta: float = 0.0, backend: str = "auto", dtype: str | None = None):
+                 eta: float = 0.0, backend: str = "auto", dtype: str | None = None, tile=None, tile_overlap: int = 64,
+                 batch_size: int = 4, max_pixels: int | None = None, compile_ir: bool = False,
+                 graphs: str = "auto"):
         super().__init__()
         self.ir, self.denoiser, self.fusion = ir, denoiser, fusion
         self.schedule = schedule if schedule is not None else Schedule.linear()
+        self._cache: dict = {}   # run-time state: the engine, the compiled IR net, the memory probe
         self.configure(tau=tau, tail=tail, tail_steps=tail_steps, start=start, eta=eta, backend=backend,
-                       dtype=dtype)
+                       dtype=dtype, tile=tile, tile_overlap=tile_overlap, batch_size=batch_size,
+                       max_pixels=max_pixels, compile_ir=compile_ir, graphs=graphs)
         self.eval()
 
     # 1. Settings ------------------------------------------------------------------------------
     def configure(self, **settings) -> "DPIR":
-        """Change sampler settings (tau, tail, tail_steps, start, eta, backend, dtype), validated."""
-        merged = {**getattr(self, "settings", {}), **settings}
+        """Change settings (those of ``DEFAULTS``: sampler, backend, dtype, tiling, batching), validated."""
+        unknown = sorted(set(settings) - set(DEFAULTS))
+        if unknown:
+            raise TypeError(f"unknown settings {unknown}; valid: {sorted(DEFAULTS)}")
+        merged = {**DEFAULTS, **getattr(self, "settings", {}), **settings}
         tau, tail, steps = int(merged["tau"]), merged["tail"], merged["tail_steps"]
         if not 1 <= tau <= self.schedule.T:
             raise ValueError(f"tau must lie in [1, T={self.schedule.T}], got {tau}")
@@ -75,15 +99,23 @@ class DPIR(nn.Module):
         if merged["start"] not in STARTS:
             raise ValueError(f"start must be one of {STARTS}, got {merged['start']!r}")
         _backend.check_choice(merged["backend"])
-        if merged["dtype"] not in DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(k for k in DTYPES if k)} or None, "
+        if merged["dtype"] is not None and merged["dtype"] not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)} or None (bf16 on CUDA, fp32 elsewhere), "
                              f"got {merged['dtype']!r}")
         if tail == "ancestral":
             merged["tail_steps"] = None
         elif steps is not None and not 1 <= int(steps) <= tau:
             raise ValueError(f"tail_steps must lie in [1, tau={tau}], got {steps}")
         merged["tau"] = tau
+        merged["tile"] = _tile_setting(merged["tile"])
+        for name, low in (("tile_overlap", 0), ("batch_size", 1), ("max_pixels", 1)):
+            value = merged[name]
+            if (value is not None or name != "max_pixels") and (not isinstance(value, int) or value < low):
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if merged["graphs"] not in GRAPH_MODES:
+            raise ValueError(f"graphs must be one of {GRAPH_MODES}, got {merged['graphs']!r}")
         self.settings = merged
+        self._cache.clear()
         if hasattr(self.denoiser, "backend"):   # MIRNet's fused attention ops follow the pipeline's choice
             self.denoiser.backend = merged["backend"]
         self._timesteps = sample_timesteps(tau, tail, merged["tail_steps"])
@@ -147,10 +179,23 @@ class DPIR(nn.Module):
         tensor = next(self.parameters(), None)
         return tensor.device if tensor is not None else torch.device("cpu")
 
+    @property
+    def dtype_name(self) -> str:
+        """The networks' precision this run uses: the ``dtype`` setting, else bf16 on CUDA and fp32 elsewhere."""
+        if self.settings["dtype"] is not None:
+            return self.settings["dtype"]
+        return "bf16" if self.device.type == "cuda" else "fp32"
+
+    @property
+    def alignment(self) -> int:
+        """Input-grid multiple of tile origins and sizes (the IR net's and, times the scale, the denoiser's)."""
+        return tiling.alignment(int(getattr(self.ir, "size_multiple", 1)),
+                                int(getattr(self.denoiser, "size_multiple", 1)), self.scale)
+
     # 2. Input checks ----------------------------------------------------------------------------
-    def _check_input(self, y) -> torch.Tensor:
+    def _check_input(self, y, name: str = "DPIR") -> torch.Tensor:
         if not torch.is_tensor(y):
-            raise ValueError(f"DPIR takes a torch tensor [B, C, H, W] in [0, 1], got {type(y).__name__}; "
+            raise ValueError(f"{name} takes a torch tensor [B, C, H, W] in [0, 1], got {type(y).__name__}; "
                              "for a numpy HWC image use torch.from_numpy(img).permute(2, 0, 1)[None]")
         frames = self.burst_frames
         if frames is not None:
@@ -160,31 +205,56 @@ class DPIR(nn.Module):
                                  f"RAW frames, got shape {tuple(y.shape)}{hint}")
         elif y.dim() != 4:
             hint = " (add a batch dimension with y[None])" if y.dim() == 3 else ""
-            raise ValueError(f"DPIR takes a 4-D tensor [B, C, H, W], got shape {tuple(y.shape)}{hint}")
+            raise ValueError(f"{name} takes a 4-D tensor [B, C, H, W], got shape {tuple(y.shape)}{hint}")
         elif y.shape[1] != self.in_channels:
             raise ValueError(f"the IR network takes {self.in_channels} channels, got {y.shape[1]} "
                              f"(shape {tuple(y.shape)}); convert grayscale/RGBA images to RGB first")
         if y.numel() == 0:
             raise ValueError(f"empty input of shape {tuple(y.shape)}")
         if not y.is_floating_point():
-            raise ValueError(f"DPIR takes floating-point images in [0, 1], got {y.dtype}; "
+            raise ValueError(f"{name} takes floating-point images in [0, 1], got {y.dtype}; "
                              "for 8-bit images use y.float() / 255")
         if not torch.isfinite(y).all():
-            raise ValueError("the input holds NaN or inf values; clean it (e.g. torch.nan_to_num) first")
+            raise ValueError(f"{name}: the input holds NaN or inf values; clean it (e.g. torch.nan_to_num) first")
         lo, hi = float(y.min()), float(y.max())
         if lo < -0.5 or hi > 1.5:
-            raise ValueError(f"input values span [{lo:.3g}, {hi:.3g}], far outside [0, 1]; "
+            raise ValueError(f"{name}: input values span [{lo:.3g}, {hi:.3g}], far outside [0, 1]; "
                              "divide 8-bit data by 255 (16-bit by 65535)")
         if lo < 0.0 or hi > 1.0:
-            warnings.warn(f"input values span [{lo:.3g}, {hi:.3g}]; clamping to [0, 1]", stacklevel=3)
+            warnings.warn(f"input values span [{lo:.3g}, {hi:.3g}]; clamping to [0, 1]", stacklevel=4)
             y = y.clamp(0.0, 1.0)
         return y.to(self.device, torch.float32)
 
+    def _images(self, y) -> tuple[list[torch.Tensor], list[bool] | None]:
+        """y as a list of single images [1, C, h, w] (bursts [1, N, C, h, w]) on the device, and for a list
+        input whether each element came with its batch dimension (None for a tensor input)."""
+        if not isinstance(y, (list, tuple)):
+            return list(self._check_input(y).split(1)), None
+        if not y:
+            raise ValueError("got an empty list of images")
+        rank = 4 if self.burst_frames is None else 5
+        batched = [torch.is_tensor(img) and img.dim() == rank for img in y]
+        images = []
+        for i, (img, has_batch) in enumerate(zip(y, batched)):
+            img = img if has_batch or not torch.is_tensor(img) else img[None]
+            if torch.is_tensor(img) and img.shape[0] != 1:
+                raise ValueError(f"image {i} of the list has a batch of {img.shape[0]}; list elements are single "
+                                 "images [C, h, w] or [1, C, h, w]")
+            images.append(self._check_input(img, f"image {i} of the list"))
+        return images, batched
+
     def _autocast(self):
-        dtype = DTYPES[self.settings["dtype"]]
-        if dtype is None or dtype == torch.float32:
+        dtype = DTYPES[self.dtype_name]
+        if dtype == torch.float32:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=dtype)
+        return torch.autocast(self.device.type, dtype=dtype, cache_enabled=False)   # no cache: graph-capturable
+
+    def _check_finite(self, x: torch.Tensor, stage: str) -> None:
+        if bool(torch.isfinite(x).all()):
+            return
+        advice = {"fp16": "run with dtype='bf16' or 'fp32'", "bf16": "run with dtype='fp32'",
+                  "fp32": "check the input and the checkpoint (its weights may hold NaN/inf)"}[self.dtype_name]
+        raise FloatingPointError(f"{stage} produced NaN/inf values in {self.dtype_name}; {advice}")
 
     # 3. Restoration -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -196,40 +266,149 @@ class DPIR(nn.Module):
         dict, one per image, or None for the default camera), as the paper does before fusion.
         """
         y = self._check_input(y)
+        return self._ir_estimate(y, camera)
+
+    def _ir_estimate(self, y: torch.Tensor, camera) -> torch.Tensor:
+        ir = self.ir
+        if self.settings["compile_ir"]:
+            if "compiled_ir" not in self._cache:
+                self._cache["compiled_ir"] = torch.compile(self.ir)
+            ir = self._cache["compiled_ir"]
         with self._autocast():
-            x_ir = run_network(self.ir, y, self.scale).to(torch.float32)
-        if not torch.isfinite(x_ir).all():
-            raise FloatingPointError("the IR network produced NaN/inf; run in dtype='fp32' or 'bf16'")
+            x_ir = run_network(ir, y, self.scale).to(torch.float32)
+        self._check_finite(x_ir, f"the IR network ({type(self.ir).__name__})")
         if getattr(self.ir, "output_space", "srgb") == "linear":
             from .data.burst import linear_to_srgb
             x_ir = linear_to_srgb(x_ir, camera)
         return x_ir
 
     @torch.no_grad()
-    def forward(self, y: torch.Tensor, seed: int | Sequence[int] = 0, camera=None) -> torch.Tensor:
-        """Restore y [B, C, h, w] (a burst net: [B, N, 4, h, w]) → [B, 3, h·s, w·s]; image b draws noise
-        with seed + b (or seed[b]); ``camera``: see :meth:`restore_ir`."""
-        out_device = y.device if torch.is_tensor(y) else None
-        x_ir = self.restore_ir(y, camera)
-        seeds = _seed_list(seed, x_ir.shape[0])
+    def forward(self, y, seed: int | Sequence[int] = 0, camera=None):
+        """Restore y [B, C, h, w] (a burst net: [B, N, 4, h, w]) → [B, 3, h·s, w·s], or a list of images of
+        any sizes → a list. Image b draws noise with seed + b (or seed[b]); ``camera``: one for all or one per
+        image (see :meth:`restore_ir`)."""
+        images, batched = self._images(y)
+        seeds = _seed_list(seed, len(images))
+        cameras = list(camera) if isinstance(camera, (list, tuple)) else [camera] * len(images)
+        if len(cameras) != len(images):
+            raise ValueError(f"got {len(cameras)} cameras for {len(images)} images")
+        outs = self._restore(images, seeds, cameras)
+        if batched is None:
+            return torch.cat(outs).to(y.device)
+        return [out.to(src.device) if has_batch else out[0].to(src.device)
+                for out, src, has_batch in zip(outs, y, batched)]
+
+    def _restore(self, images: list[torch.Tensor], seeds: list[int], cameras: list) -> list[torch.Tensor]:
+        """Every image [1, ...] through the tiles of its plan; equal tile shapes share batches."""
+        plans = [self.plan(*img.shape[-2:]) for img in images]
+        padded = [_pad(img, plan.size) for img, plan in zip(images, plans)]
+        groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
+        for i, plan in enumerate(plans):
+            groups.setdefault(plan.tile, []).extend((i, k) for k in range(plan.n_tiles))
+        blenders: dict[int, tiling.Blender] = {}
+        outs: list[torch.Tensor | None] = [None] * len(images)
+        batch = self.settings["batch_size"]
+        for (th, tw), items in groups.items():
+            for first in range(0, len(items), batch):
+                chunk = items[first:first + batch]
+                crops = torch.cat([padded[i][..., y:y + th, x:x + tw]
+                                   for i, k in chunk for y, x in [plans[i].origins[k]]])
+                x_ir = self._ir_estimate(crops, [cameras[i] for i, _ in chunk])
+                x0 = self._sample(x_ir, [seeds[i] for i, _ in chunk], [plans[i].out_size for i, _ in chunk],
+                                  [plans[i].out_origins[k] for i, k in chunk])
+                for j, (i, k) in enumerate(chunk):
+                    if plans[i].n_tiles == 1:
+                        outs[i] = x0[j:j + 1]
+                        continue
+                    blender = blenders.setdefault(i, tiling.Blender(x0.shape[1], plans[i].out_size, x0.device))
+                    blender.add(x0[j], plans[i].out_origins[k], tiling.blend_weights(plans[i], k, x0.device))
+        for i, blender in blenders.items():
+            outs[i] = blender.result()[None]
+        results = []
+        for out, img in zip(outs, images):
+            out = crop_to(out, img.shape[-2:], self.scale)
+            self._check_finite(out, "the sampler (denoiser + fusion)")
+            results.append(out.clamp(0.0, 1.0))
+        return results
+
+    def _sample(self, x_ir: torch.Tensor, seeds: list[int], full_sizes, origins) -> torch.Tensor:
+        """x0̂ of a batch of IR estimates placed at ``origins`` of their padded images (for the noise)."""
         s = self.settings
+        if s["backend"] == "reference":
+            def fuse(a: torch.Tensor, b: torch.Tensor, t: int) -> torch.Tensor:
+                with self._autocast():
+                    return self.fusion(a, b.to(a.dtype), t)
+            return dpir_sample_ref(x_ir, self._denoise, fuse, self.schedule, s["tau"], seeds, s["tail"],
+                                   s["tail_steps"], s["start"], s["eta"], full_sizes, origins)
+        with self._autocast():
+            return self._engine().run(x_ir, seeds, full_sizes, origins)
 
-        def denoise(inp: torch.Tensor) -> torch.Tensor:
-            with self._autocast():
-                return run_network(self.denoiser, inp)
+    def _denoise(self, inp: torch.Tensor) -> torch.Tensor:
+        with self._autocast():
+            return run_network(self.denoiser, inp)
 
-        def fuse(a: torch.Tensor, b: torch.Tensor, t: int) -> torch.Tensor:
-            with self._autocast():
-                return self.fusion(a, b.to(a.dtype), t)
-
-        if _backend.resolve("triton", x_ir.device, s["backend"]) == "reference":
-            x0 = dpir_sample_ref(x_ir, denoise, fuse, self.schedule, s["tau"], seeds, s["tail"], s["tail_steps"],
-                                 s["start"], s["eta"])
-        else:
+    def _engine(self) -> Engine:
+        """The engine of the current settings, device and weights (kept, with its CUDA graphs, while they hold)."""
+        params = [*self.denoiser.parameters(), *self.fusion.parameters()]
+        key = (self.device, self.dtype_name, tuple((p.data_ptr(), p._version) for p in params))
+        if self._cache.get("engine_key") != key:
+            s = self.settings
             plan = Plan.make(self.schedule, s["tau"], s["tail"], s["tail_steps"], s["start"], s["eta"])
-            with self._autocast():
-                engine = Engine(plan, denoise, self.fusion, DTYPES[s["dtype"]], backend=s["backend"])
-                x0 = engine.run(x_ir, seeds)
-        if not torch.isfinite(x0).all():
-            raise FloatingPointError("the sampler produced NaN/inf; run in dtype='fp32' or 'bf16'")
-        return x0.clamp(0.0, 1.0).to(out_device)
+            self._cache["engine"] = Engine(plan, self._denoise, self.fusion, DTYPES[self.dtype_name],
+                                           channels_last=self.device.type == "cuda", backend=s["backend"],
+                                           graphs=s["graphs"])
+            self._cache["engine_key"] = key
+        return self._cache["engine"]
+
+    # 4. Memory ------------------------------------------------------------------------------------
+    def plan(self, height: int, width: int) -> tiling.TilePlan:
+        """The tiles an input of ``height`` × ``width`` (input pixels) runs in with the current settings; no
+        image is allocated. Automatic tiles (``tile=None``) fit the device's free memory."""
+        s, (h, w) = self.settings, (int(height), int(width))
+        budget = per_pixel = None
+        if s["tile"] is None:
+            budget = tiling.free_memory(self.device)
+            padded = tiling.padded_size(h, w, self.alignment)
+            if padded[0] * padded[1] * self.scale ** 2 * s["batch_size"] * UPPER_BYTES_PER_PIXEL > budget:
+                per_pixel = self.bytes_per_pixel()
+        return tiling.plan_tiles(h, w, scale=self.scale, align=self.alignment, tile=s["tile"],
+                                 overlap=s["tile_overlap"], bytes_per_pixel=per_pixel, budget_bytes=budget,
+                                 batch=s["batch_size"], max_pixels=s["max_pixels"],
+                                 in_channels=(self.burst_frames or 1) * self.in_channels, out_channels=3)
+
+    @torch.no_grad()
+    def bytes_per_pixel(self) -> float:
+        """Peak bytes per output pixel of one image through the networks and the sampler's buffers, measured
+        once per device and dtype on a small probe tile (times ``MEMORY_SLACK``)."""
+        key = ("bytes_per_pixel", self.device, self.dtype_name)
+        if key not in self._cache:
+            side = self.alignment * math.ceil(64 / (self.alignment * self.scale))
+            frames = () if self.burst_frames is None else (self.burst_frames,)
+            y = torch.rand(1, *frames, self.in_channels, side, side, device=self.device)
+            with self._autocast():   # the plain IR net: a compiled one would compile for the probe's shape too
+                x_ir, peak_ir = tiling.peak_bytes(lambda: run_network(self.ir, y, self.scale).float())
+            den = torch.rand(1, x_ir.shape[1] + 1, *x_ir.shape[-2:], device=self.device)
+            x_den, peak_den = tiling.peak_bytes(self._denoise, den)
+            _, peak_fusion = tiling.peak_bytes(lambda: self.fusion(x_ir, x_den.to(x_ir.dtype), 1))
+            buffers = 4 * (3 * x_ir.shape[1] + 1) + 4 * 4   # x_IR, x_t, x0̂ float32; the denoiser input
+            self._cache[key] = MEMORY_SLACK * (max(peak_ir, peak_den, peak_fusion) / x_ir[0, 0].numel() + buffers)
+        return self._cache[key]
+
+
+def _tile_setting(tile):
+    """None, or (h, w) output pixels from an int or a pair."""
+    if tile is None:
+        return None
+    sides = tuple(tile) if isinstance(tile, (tuple, list)) else (tile, tile)
+    if len(sides) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in sides):
+        raise ValueError(f"tile must be None (automatic), a side in output pixels or (h, w), got {tile!r}")
+    return sides
+
+
+def _pad(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """image [1, C, h, w] (or a burst [1, N, C, h, w]) reflect-padded at the bottom/right to ``size``."""
+    ph, pw = size[0] - image.shape[-2], size[1] - image.shape[-1]
+    if ph == 0 and pw == 0:
+        return image
+    flat = F.pad(image.flatten(0, -4), (0, pw, 0, ph), mode="reflect")
+    return flat.view(*image.shape[:-2], *size)

@@ -3,13 +3,14 @@ import pytest
 import torch
 
 from dpir_fast import DPIR, ops
-from dpir_fast.engine import Engine, Plan
+from dpir_fast.engine import Bucket, Engine, Plan
 from dpir_fast.models import FusionNet
 from dpir_fast.pipeline import run_network
 from dpir_fast.reference import dpir_sample_ref, jump_ref
 from dpir_fast.schedule import Schedule
 
-from .helpers import tiny_pipeline
+from .conftest import requires_cuda
+from .helpers import tiny_denoiser_fusion, tiny_pipeline
 
 pytest.importorskip("triton")
 SCHEDULE = Schedule.linear()
@@ -99,3 +100,90 @@ def test_cpu_tensors_without_the_interpreter_use_the_reference(monkeypatch):
     assert torch.equal(ops.jump(x, SCHEDULE, 5, [1]), jump_ref(x, SCHEDULE, 5, [1]))
     with pytest.raises(RuntimeError, match="backend 'triton' was asked for"):
         ops.jump(x, SCHEDULE, 5, [1], backend="triton")
+
+
+def eager_engine(tail="ancestral", start="jump", tau=4, steps=None, backend="auto", **kw):
+    torch.manual_seed(0)
+    denoiser, fusion = tiny_denoiser_fusion()
+    plan = Plan.make(SCHEDULE, tau, tail, steps, start, eta=0.5 if tail == "ddim" else 0.0)
+    return Engine(plan, lambda inp: run_network(denoiser, inp), fusion, backend=backend, **kw), denoiser, fusion
+
+
+@pytest.mark.parametrize("start", ["jump", "forward"])
+@pytest.mark.parametrize("tail,tau,steps", [("ancestral", 4, None), ("ddim", 60, 3)], ids=["ancestral", "ddim"])
+def test_engine_eager_path_equals_the_reference_sampler(tail, tau, steps, start):
+    """The static-buffer step function (CPU: the reference ops inside) against dpir_sample_ref, float32."""
+    engine, denoiser, fusion = eager_engine(tail, start, tau, steps)
+    x_ir = torch.rand(2, 3, 12, 8)
+    with torch.no_grad():
+        ref = dpir_sample_ref(x_ir, lambda inp: run_network(denoiser, inp), fusion, SCHEDULE, tau, [4, 8], tail,
+                              steps, start, 0.5 if tail == "ddim" else 0.0)
+    torch.testing.assert_close(engine.run(x_ir, [4, 8]), ref, rtol=0, atol=2e-6)
+
+
+def test_runners_keep_their_buffers_and_results_outlive_the_next_batch():
+    engine, *_ = eager_engine(max_buckets=2)
+    a, b = torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8)
+    out_a = engine.run(a, [1])
+    runner = engine.runners[Bucket(1, 3, 8, 8, torch.device("cpu"))]
+    buffers = [t.data_ptr() for t in (runner.x_ir, runner.x, runner.den, runner.keys)]
+    out_b = engine.run(b, [2])
+    assert [t.data_ptr() for t in (runner.x_ir, runner.x, runner.den, runner.keys)] == buffers
+    torch.testing.assert_close(out_a, eager_engine()[0].run(a, [1]), rtol=0, atol=0)   # not overwritten by b
+    assert not torch.equal(out_a, out_b)
+    engine.run(torch.rand(2, 3, 8, 8), [1, 2])
+    engine.run(torch.rand(1, 3, 12, 8), [1])
+    assert list(engine.runners) == [Bucket(2, 3, 8, 8, torch.device("cpu")), Bucket(1, 3, 12, 8, torch.device("cpu"))]
+
+
+def test_a_batch_of_tiles_draws_each_images_noise():
+    """Per-image noise placement: tiles of two images in one batch get what each gets run alone."""
+    engine, *_ = eager_engine(backend="reference")
+    x_ir = torch.rand(2, 3, 8, 12)
+    both = engine.run(x_ir, [3, 5], full_size=[(20, 30), (8, 12)], origin=[(4, 16), (0, 0)])
+    torch.testing.assert_close(both[:1], engine.run(x_ir[:1], [3], (20, 30), (4, 16)), rtol=0, atol=1e-6)
+    torch.testing.assert_close(both[1:], engine.run(x_ir[1:], [5]), rtol=0, atol=1e-6)
+
+
+def test_a_failed_capture_warns_once_and_runs_eagerly(monkeypatch):
+    engine, *_ = eager_engine()
+    x_ir = torch.rand(1, 3, 8, 8)
+    expected = engine.run(x_ir, [1])
+
+    def broken(runner):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(engine, "_capture", broken)
+    for shape in [(1, 3, 8, 8), (2, 3, 8, 8)]:   # as if on CUDA: each new bucket tries to capture
+        engine.runner(Bucket(*shape, torch.device("cpu"))).eager = False
+    with pytest.warns(RuntimeWarning, match="capture of the sampling loop failed .*running eagerly"):
+        torch.testing.assert_close(engine.run(x_ir, [1]), expected, rtol=0, atol=0)
+    engine.run(torch.rand(2, 3, 8, 8), [1, 2])   # no second warning (pytest would flag it under -W error)
+    assert engine._warned and all(r.eager and r.graph is None for r in engine.runners.values())
+    strict, *_ = eager_engine(graphs="on")
+    monkeypatch.setattr(strict, "_capture", broken)
+    strict.runner(Bucket(1, 3, 8, 8, torch.device("cpu"))).eager = False
+    with pytest.raises(RuntimeError, match="CUDA-graph capture of the sampling loop failed"):
+        strict.run(x_ir, [1])
+    with pytest.raises(ValueError, match="graphs must be one of"):
+        eager_engine(graphs="yes")
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_graph_replay_equals_eager_and_draws_fresh_noise(dtype):
+    torch.manual_seed(0)
+    denoiser, fusion = (m.cuda() for m in tiny_denoiser_fusion())
+
+    def denoise(inp):
+        with torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None, cache_enabled=False):
+            return run_network(denoiser, inp)
+
+    plan = Plan.make(SCHEDULE, 5)
+    graph = Engine(plan, denoise, fusion, dtype, channels_last=True, backend="fast", graphs="on")
+    eager = Engine(plan, denoise, fusion, dtype, channels_last=True, backend="fast", graphs="off")
+    for seeds in ([1, 2], [3, 4], [1, 2]):
+        x_ir = torch.rand(2, 3, 64, 48, device="cuda")
+        out = graph.run(x_ir, seeds)
+        assert graph.runners[Bucket(2, 3, 64, 48, torch.device("cuda"))].graph is not None
+        torch.testing.assert_close(out, eager.run(x_ir, seeds), rtol=0, atol=1e-5)

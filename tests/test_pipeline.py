@@ -37,8 +37,11 @@ def test_seeds_fix_the_output():
 
 def test_odd_sizes_and_an_ir_net_multiple():
     pipe = tiny_pipeline(tau=2)
-    for h, w in [(1, 1), (5, 13), (17, 3)]:
+    assert pipe.alignment == 4   # the tiny SwinIR's window; x2 keeps MIRNet's multiple of 4
+    for h, w in [(3, 3), (5, 13), (17, 3)]:
         assert pipe(torch.rand(1, 3, h, w)).shape == (1, 3, 2 * h, 2 * w)
+    with pytest.raises(ValueError, match="1x2 image is too small .* at least 3 pixels"):
+        pipe(torch.rand(1, 3, 1, 2))
 
 
 @pytest.mark.parametrize("bad,error", [

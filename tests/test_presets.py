@@ -47,7 +47,7 @@ def _run_backends(pipe, y):
 
 
 def test_deblur_preset_end_to_end(deblur):
-    y = torch.rand(1, 3, 12, 10, generator=torch.Generator().manual_seed(1))  # padded to 32 inside FFTformer
+    y = torch.rand(1, 3, 20, 18, generator=torch.Generator().manual_seed(1))  # reflect-padded to 32
     assert (deblur.tau, deblur.scale, deblur.in_channels, deblur.burst_frames) == (5, 1, 3, None)
     out = _run_backends(deblur, y)
     assert out.shape == y.shape and out.min() >= 0 and out.max() <= 1
@@ -55,10 +55,10 @@ def test_deblur_preset_end_to_end(deblur):
 
 
 def test_burst_preset_end_to_end(burst):
-    y = torch.rand(1, 2, 4, 2, 3, generator=torch.Generator().manual_seed(2))  # [B, N, 4, h, w] packed RGGB
+    y = torch.rand(1, 2, 4, 5, 6, generator=torch.Generator().manual_seed(2))  # [B, N, 4, h, w] packed RGGB
     assert (burst.tau, burst.scale, burst.in_channels, burst.burst_frames) == (5, 8, 4, 2)
     out = _run_backends(burst, y)
-    assert out.shape == (1, 3, 16, 24) and out.min() >= 0 and out.max() <= 1
+    assert out.shape == (1, 3, 40, 48) and out.min() >= 0 and out.max() <= 1
     with torch.no_grad():
         linear = burst.ir(y)
     torch.testing.assert_close(burst.restore_ir(y), linear_to_srgb(linear))  # sRGB before fusion
@@ -67,7 +67,7 @@ def test_burst_preset_end_to_end(burst):
 
 
 def test_pipelines_save_and_reload(deblur, burst, tmp_path):
-    for pipe, y in ((deblur, torch.rand(1, 3, 8, 8)), (burst, torch.rand(1, 2, 4, 2, 2))):
+    for pipe, y in ((deblur, torch.rand(1, 3, 17, 17)), (burst, torch.rand(1, 2, 4, 5, 5))):
         save_checkpoint(pipe, tmp_path / "pipe.pt")
         again = DPIR.from_checkpoint(tmp_path / "pipe.pt").configure(backend="reference")
         assert type(again.ir) is type(pipe.ir) and again.nfe == 6
@@ -77,7 +77,7 @@ def test_pipelines_save_and_reload(deblur, burst, tmp_path):
 def test_cli_restores_a_burst_folder(burst, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("DPIR_FAST_BACKEND", "reference")  # the fast path is the preset tests' business
     save_checkpoint(burst, tmp_path / "burst.pt")
-    frames = torch.rand(2, 4, 3, 2, generator=torch.Generator().manual_seed(5))  # 3 x 2: padded inside
+    frames = torch.rand(2, 4, 6, 5, generator=torch.Generator().manual_seed(5))  # 6 x 5: padded to 8
     (tmp_path / "scene").mkdir()
     for i, frame in enumerate(frames):
         np.save(tmp_path / "scene" / f"{i:02d}.npy", frame.numpy())
@@ -85,7 +85,7 @@ def test_cli_restores_a_burst_folder(burst, tmp_path, capsys, monkeypatch):
             "--device", "cpu", "--quiet"]
     assert cli.main(args + ["--burst"]) == 0
     out, info = read_image(tmp_path / "out" / "scene.png")
-    assert out.shape == (1, 3, 24, 16) and info.bits == 16
+    assert out.shape == (1, 3, 48, 40) and info.bits == 16
     torch.testing.assert_close(out, burst(frames[None], seed=0), rtol=0, atol=1 / 65535)
     write_image(tmp_path / "photo.png", torch.rand(1, 3, 4, 4), ImageInfo("PNG", "RGB", 8, False))
     args[1] = str(tmp_path / "photo.png")
