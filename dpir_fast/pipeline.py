@@ -349,13 +349,17 @@ class DPIR(nn.Module):
 
     def _engine(self) -> Engine:
         """The engine of the current settings, device and weights (kept, with its CUDA graphs, while they hold)."""
+        channels_last = self.device.type == "cuda"   # cuDNN's fast bf16 convolutions are NHWC
+        if channels_last and "channels_last" not in self._cache:
+            self.denoiser.to(memory_format=torch.channels_last)
+            self._cache["channels_last"] = True
         params = [*self.denoiser.parameters(), *self.fusion.parameters()]
         key = (self.device, self.dtype_name, tuple((p.data_ptr(), p._version) for p in params))
         if self._cache.get("engine_key") != key:
             s = self.settings
             plan = Plan.make(self.schedule, s["tau"], s["tail"], s["tail_steps"], s["start"], s["eta"])
             self._cache["engine"] = Engine(plan, self._denoise, self.fusion, DTYPES[self.dtype_name],
-                                           channels_last=self.device.type == "cuda", backend=s["backend"],
+                                           channels_last=channels_last, backend=s["backend"],
                                            graphs=s["graphs"])
             self._cache["engine_key"] = key
         return self._cache["engine"]
