@@ -5,8 +5,8 @@ A :class:`Plan` fixes the timesteps and their updates (float64 coefficients from
 :class:`Runner` that owns the static buffers — x_IR, the noise keys, the float32 state x_t (which ends
 as x0̂) and the denoiser input — and the step function runs over them: denoiser → FusionNet (fused with
 the update where Triton runs) → next denoiser input, after the jump. On CUDA the whole loop is captured
-into one ``torch.cuda.CUDAGraph`` per bucket (warm-up on a side stream, one memory pool shared by the
-buckets, per-step coefficients baked in); each replay reads the noise keys (seed and placement) from
+into one ``torch.cuda.CUDAGraph`` per bucket on its second use (warm-up on a side stream, one memory pool
+shared by the buckets, per-step coefficients baked in); each replay reads the noise keys (seed and placement) from
 their device buffer, so it draws that batch's own noise. Elsewhere the same loop runs eagerly.
 """
 from __future__ import annotations
@@ -79,6 +79,7 @@ class Runner:
                                    device=bucket.device, memory_format=fmt).zero_()
         self.graph: torch.cuda.CUDAGraph | None = None
         self.eager = not capturable   # True: never (again) try to capture
+        self.uses = 0
 
 
 class Engine:
@@ -87,8 +88,8 @@ class Engine:
     ``dtype``: the networks' dtype (None: float32), which is also the denoiser input's dtype;
     ``channels_last``: the denoiser input's memory format. A ``models.FusionNet`` runs fused with the
     update in its last convolution where Triton runs; any other fusion module runs as itself.
-    ``graphs``: ``"auto"`` captures each CUDA bucket's loop into a graph (a failed capture warns once and
-    that bucket runs eagerly), ``"on"`` makes a failed capture an error, ``"off"`` always runs eagerly.
+    ``graphs``: ``"auto"`` captures each CUDA bucket's loop into a graph when the bucket comes back (a failed
+    capture warns once and that bucket runs eagerly), ``"on"`` makes a failed capture an error, ``"off"`` always runs eagerly.
     ``max_buckets``: runners (and graphs) kept, least recently used dropped first.
     """
 
@@ -161,7 +162,8 @@ class Engine:
         r.graph = graph
 
     def _run(self, r: Runner) -> None:
-        if r.graph is None and not r.eager:
+        r.uses += 1
+        if r.graph is None and not r.eager and r.uses > 1:   # a shape seen once runs eagerly: capture pays on reuse
             try:
                 self._capture(r)
             except Exception as error:   # any capture failure: run this bucket eagerly from now on
