@@ -60,8 +60,18 @@ def _commit() -> str:
         return "unknown"
 
 
+def _nvidia_driver() -> str | None:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.splitlines()[0].strip() if out.strip() else None
+
+
 def machine_record(device: torch.device | str) -> dict:
-    """Where a number was measured: host, CPU (cores), device, library versions, commit."""
+    """Where a number was measured: host, CPU (cores), device (with the NVIDIA driver on GPU), library versions,
+    commit."""
     import dpir_fast
     device = torch.device(device)
     try:
@@ -69,8 +79,10 @@ def machine_record(device: torch.device | str) -> dict:
         triton_version = triton.__version__
     except ImportError:
         triton_version = "none"
+    driver = _nvidia_driver() if device.type == "cuda" else None
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
-    return {"machine": platform.node(), "cpu": f"{_cpu_name()} ×{os.cpu_count()}", "device": name,
+    return {"machine": platform.node(), "cpu": f"{_cpu_name()} ×{os.cpu_count()}",
+            "device": name + (f" (driver {driver})" if driver else ""), "driver": driver,
             "torch": torch.__version__, "triton": triton_version, "cuda": torch.version.cuda or "none",
             "version": dpir_fast.__version__, "commit": _commit()}
 
