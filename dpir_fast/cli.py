@@ -1,4 +1,4 @@
-"""Command line: ``dpir-fast restore | info | demo | train-denoiser | train-fusion``.
+"""Command line: ``dpir-fast restore | info | demo | train-denoiser | train-fusion | bench``.
 
 ``restore`` under ``torchrun --nproc_per_node N`` shards its input files across the N processes (file i goes to
 rank i mod N, one GPU each, names planned over all files); the train commands run DDP there.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import os
 import platform
 import re
@@ -190,7 +191,7 @@ def _reason(err: BaseException, pipe) -> str:
     if _is_oom(err):
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        return (f"out of memory on {pipe.device}; try a smaller image"
+        return (f"out of memory on {pipe.device}; try --tile 512 --batch-size 1"
                 + (" or --device cpu" if getattr(pipe.device, "type", str(pipe.device)) != "cpu" else ""))
     if isinstance(err, (ValueError, FloatingPointError)):
         return str(err)
@@ -264,6 +265,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         pipe = _load_pipeline(args.checkpoint, _device(args.device), args.task, args.tau)
     except (ValueError, OSError) as err:  # CheckpointError is a ValueError
         raise UsageError(f"cannot load {args.checkpoint}: {err}") from None
+    pipe.configure(dtype=args.dtype, tile=args.tile, tile_overlap=args.tile_overlap, batch_size=args.batch_size)
     takes_bursts = getattr(pipe, "burst_frames", None) is not None
     if takes_bursts != args.burst:
         raise UsageError("this checkpoint's IR network takes RAW bursts: pass --burst with one folder of frames "
@@ -336,11 +338,37 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-# 4. Parser and entry point ---------------------------------------------------------------------------------------
+# 4. bench ---------------------------------------------------------------------------------------------------------
+BENCH_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
+
+
+def cmd_bench(argv: list[str]) -> int:
+    """``dpir-fast bench ARGS``: ``benchmarks/run.py ARGS`` of the source checkout this package runs from."""
+    if not BENCH_SCRIPT.is_file():
+        print(f"dpir-fast bench: error: {BENCH_SCRIPT} not found; the benchmarks live in the source checkout "
+              "(install it with pip install -e .)", file=sys.stderr)
+        return 2
+    spec = importlib.util.spec_from_file_location("dpir_fast_bench_run", BENCH_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main(argv, prog="dpir-fast bench")
+
+
+# 5. Parser and entry point ---------------------------------------------------------------------------------------
 def _device_arg(text: str) -> str:
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", text):
         raise argparse.ArgumentTypeError(f"{text!r}: use auto, cpu, cuda or cuda:N")
     return text
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
+    return value
 
 
 def _positive(text: str) -> int:
@@ -366,6 +394,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tau", type=_positive, help="number of diffusion steps run by the networks (overrides)")
     p.add_argument("--seed", type=int, default=0, help="noise seed, the same for every image (default 0)")
     p.add_argument("--device", type=_device_arg, default="auto", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], help="network precision (default bf16 on CUDA, "
+                   "fp32 on CPU)")
+    p.add_argument("--tile", type=_positive, metavar="N", help="tile side in output pixels (default: as large as "
+                   "free memory allows; large images are restored in overlapping, blended tiles)")
+    p.add_argument("--tile-overlap", type=_non_negative, default=64, metavar="N",
+                   help="overlap of neighbouring tiles in output pixels (default 64)")
+    p.add_argument("--batch-size", type=_positive, default=4, metavar="N", help="tiles per batch (default 4)")
     p.add_argument("--format", choices=["png", "jpg", "tif"], help="output format (default: the input's)")
     p.add_argument("--recursive", action="store_true", help="also take images in subfolders")
     p.add_argument("--burst", action="store_true", help="each INPUT is a folder of RAW frames, one burst")
@@ -379,6 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="versions, devices and backends")
     p.set_defaults(func=cmd_info)
+    sub.add_parser("bench", add_help=False, help="end-to-end benchmark: ms/image, TFLOPs, memory, power "
+                                                  "(benchmarks/run.py; dpir-fast bench --help)")
 
     from .pretrained.demo import add_parser as add_demo_parser
     from .train.commands import add_parsers as add_train_parsers
@@ -389,6 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line with `argv` (default sys.argv[1:]); returns the exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:   # its own parser, in benchmarks/run.py
+        return cmd_bench(argv[1:])
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -21,7 +21,11 @@ class FakePipe:
     scale, in_channels, device = 2, 3, torch.device("cpu")
 
     def __init__(self, fail=None, nan=False):
-        self.seeds, self.fail, self.nan = [], fail, nan
+        self.seeds, self.fail, self.nan, self.settings = [], fail, nan, {}
+
+    def configure(self, **settings):
+        self.settings.update(settings)
+        return self
 
     def __call__(self, y, seed=0):
         self.seeds.append(seed)
@@ -66,6 +70,16 @@ def test_folder_with_good_and_bad_files(fake, tmp_path, capsys):
     assert (a.size, a.mode, b.size, b.mode) == ((16, 12), "RGB", (14, 10), "L")
     assert "c.png" in err and "notes.txt" in err and "1 failed" in err
     assert fake.seeds == [7, 7]
+    assert fake.settings == dict(dtype=None, tile=None, tile_overlap=64, batch_size=4)
+
+
+def test_engine_options_reach_the_pipeline(fake, tmp_path, capsys):
+    src = _save(tmp_path / "a.png", np.zeros((6, 8, 3), np.uint8))
+    args = [src, "-o", tmp_path / "out", "--dtype", "bf16", "--tile", "256", "--tile-overlap", "0", "--batch-size", "2"]
+    assert _restore(tmp_path, *args) == 0
+    assert fake.settings == dict(dtype="bf16", tile=256, tile_overlap=0, batch_size=2)
+    assert _restore(tmp_path, src, "-o", tmp_path / "out", "--tile-overlap", "-1") == 2
+    assert "must be >= 0" in capsys.readouterr().err
 
 
 def test_never_overwrites_an_input(fake, tmp_path, capsys):
@@ -101,7 +115,7 @@ def test_name_clashes_are_disambiguated(fake, tmp_path):
 @pytest.mark.parametrize("pipe, expect", [
     (FakePipe(), "smaller than the network"),
     (FakePipe(fail=torch.OutOfMemoryError("CUDA out of memory")), "out of memory"),
-    (FakePipe(fail=RuntimeError("DefaultCPUAllocator: can't allocate: out of memory")), "smaller image"),
+    (FakePipe(fail=RuntimeError("DefaultCPUAllocator: can't allocate: out of memory")), "--tile 512"),
     (FakePipe(nan=True), "NaN"),
 ])
 def test_per_file_errors_are_reported(monkeypatch, tmp_path, capsys, pipe, expect):
