@@ -189,6 +189,7 @@ def test_restore_under_torchrun_shards_files(monkeypatch, tmp_path):
         Image.new("RGB", (6, 4), (40 * i, 0, 0)).save(tmp_path / f"{i}.png")
     (tmp_path / "model.pt").write_bytes(b"fake")
     pipe = type("Pipe", (), {"scale": 2, "in_channels": 3, "device": torch.device("cpu"), "burst_frames": None,
+                             "configure": lambda self, **settings: self,
                              "__call__": lambda self, y, seed=0: y.repeat_interleave(2, -1).repeat_interleave(2, -2)})()
     monkeypatch.setattr(cli, "_load_pipeline", lambda *args: pipe)
     written = {}
