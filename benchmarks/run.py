@@ -30,7 +30,7 @@ repeats: CUDA max_memory_allocated, CPU the growth of the process's peak RSS (a 
 shows only what it needs beyond the earlier ones). NVML (nvidia-ml-py, optional): power, SM clock, utilisation and
 energy per image over the jump row's timed repeats.
 
-Without a GPU, --device auto runs the CPU suite: deblur at 128×128 and sr4x (NFE 51) at 32×32, reference vs
+Without a GPU, --device auto runs the CPU suite: deblur at 64×64 and sr4x (NFE 51) at 32×32, reference vs
 fast. --quick: tiny sizes, one repeat, the same networks (so the FLOP counts stay those of the real modules).
 Output: tables on stdout, progress on stderr, rows appended to benchmarks/results/history.csv (unless
 --no-history), a JSON file (default benchmarks/results/run_<task>_<device>.json) and with --plot a PNG of
@@ -63,7 +63,7 @@ from dpir_fast.cli import Progress, _device_arg  # noqa: E402
 from dpir_fast.pipeline import DTYPES, PRESETS  # noqa: E402
 
 BACKENDS = ("reference", "compile", "fast")
-CPU_SUITE = {"deblur": (128, 128), "sr4x": (32, 32)}
+CPU_SUITE = {"deblur": (64, 64), "sr4x": (32, 32)}
 QUICK = {"deblur": (32, 32), "sr4x": (32, 32), "burst": (64, 64)}
 PAPER_SIZE = (1280, 720)   # the paper reports cost at 720p; the GPU default
 GPU_SWEEP, CPU_SWEEP = "256x256,512x512,1280x720,1920x1080", "32x32,64x64,128x128"
