@@ -141,48 +141,80 @@ def _is_oom(err: BaseException) -> bool:
 
 def restore_files(pipe, inputs: list[Path], outdir: Path, *, fmt: str | None = None, seed: int = 0,
                   overwrite: bool = False, progress: Progress | None = None, reader=read_image,
-                  shard: tuple[int, int] = (0, 1)) -> RestoreReport:
+                  shard: tuple[int, int] = (0, 1), batch: int = 1) -> RestoreReport:
     """Restore each input file with `pipe` and write OUTDIR/<name>.
 
     `pipe` is any object with ``scale``, ``device`` and ``__call__(y [1, 3, h, w] in [0, 1], seed)`` returning
-    [1, 3, h*scale, w*scale]. Per-file failures are collected in the report, never raised. Raises UsageError when
-    an output path is an input file. ``reader(path) -> (y, ImageInfo)`` reads one input (default read_image).
-    ``shard=(rank, world)`` restores only the files rank, rank + world, ... (names are planned over all inputs).
+    [1, 3, h*scale, w*scale] (with ``batch`` > 1 also a list of such images and seeds → a list: one call per
+    ``batch`` files, retried file by file when it fails). Per-file failures are collected in the report, never
+    raised. Raises UsageError when an output path is an input file. ``reader(path) -> (y, ImageInfo)`` reads one
+    input (default read_image). ``shard=(rank, world)`` restores only the files rank, rank + world, ... (names
+    are planned over all inputs).
     """
     outputs = plan_outputs(inputs, outdir, fmt)
     _check_not_inputs(outputs, inputs)
     outdir.mkdir(parents=True, exist_ok=True)
     pairs = list(zip(inputs, outputs))[shard[0]::shard[1]]
     progress = progress or Progress(len(pairs), enabled=False)
-    report = RestoreReport()
+    report, pending = RestoreReport(), []
     for src, dst in pairs:
-        progress.start(src.name)
         if dst.exists() and not overwrite:
+            progress.start(src.name)
             report.skipped.append(dst)
             progress.step(src.name, f"skipped, {dst} exists (use --overwrite)")
             continue
-        started = time.perf_counter()
-        try:
-            _restore_one(pipe, src, dst, seed, reader)
-        except Exception as err:  # noqa: BLE001 -- one bad file must not stop the batch
-            reason = _reason(err, pipe)
-            report.failed.append((src, reason))
-            progress.message(f"error: {src}: {reason}")
-            progress.step(src.name, "failed")
-            continue
-        report.written.append(dst)
-        progress.step(src.name, f"-> {dst} ({time.perf_counter() - started:.1f} s)")
+        pending.append((src, dst))
+        if len(pending) == batch:
+            _restore_batch(pipe, pending, seed, reader, report, progress)
+            pending = []
+    if pending:
+        _restore_batch(pipe, pending, seed, reader, report, progress)
     progress.close()
     return report
 
 
-def _restore_one(pipe, src: Path, dst: Path, seed: int, reader=read_image) -> None:
-    x, info = reader(src)
-    with torch.inference_mode():
-        out = pipe(x.to(pipe.device), seed=seed)
-    if not torch.isfinite(out).all():
-        raise FloatingPointError("the network produced NaN/inf values (try --device cpu or another --tau)")
-    write_image(dst, out.float().cpu(), info)  # the suffix picks the format
+def _restore_batch(pipe, pairs: list[tuple[Path, Path]], seed: int, reader, report: RestoreReport,
+                   progress: Progress) -> None:
+    """Read the files, restore them in one pipeline call (file by file if that fails), write each result."""
+    started, loaded = time.perf_counter(), []
+    for src, dst in pairs:
+        progress.start(src.name)
+        try:
+            loaded.append((src, dst, *reader(src)))
+        except Exception as err:  # noqa: BLE001 -- one bad file must not stop the others
+            _fail(report, progress, src, err, pipe)
+    outs = None
+    if len(loaded) > 1:
+        try:
+            with torch.inference_mode():
+                outs = pipe([x.to(pipe.device) for _, _, x, _ in loaded], seed=[seed] * len(loaded))
+        except Exception as err:  # noqa: BLE001 -- retried file by file below, which names the file that fails
+            if _is_oom(err) and torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    for j, (src, dst, x, info) in enumerate(loaded):
+        try:
+            if outs is None:
+                started = time.perf_counter()
+                with torch.inference_mode():
+                    out = pipe(x.to(pipe.device), seed=seed)
+            else:
+                out = outs[j]
+            if not torch.isfinite(out).all():
+                raise FloatingPointError("the network produced NaN/inf values (try --device cpu or another --tau)")
+            write_image(dst, out.float().cpu(), info)  # the suffix picks the format
+        except Exception as err:  # noqa: BLE001 -- one bad file must not stop the others
+            _fail(report, progress, src, err, pipe)
+            continue
+        report.written.append(dst)
+        seconds = (time.perf_counter() - started) / (len(loaded) if outs is not None else 1)
+        progress.step(src.name, f"-> {dst} ({seconds:.1f} s)")
+
+
+def _fail(report: RestoreReport, progress: Progress, src: Path, err: BaseException, pipe) -> None:
+    reason = _reason(err, pipe)
+    report.failed.append((src, reason))
+    progress.message(f"error: {src}: {reason}")
+    progress.step(src.name, "failed")
 
 
 def _reason(err: BaseException, pipe) -> str:
@@ -277,7 +309,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     rank, world, _ = torchrun_shard()
     progress = Progress(len(inputs[rank::world]), enabled=not args.quiet)
     report = restore_files(pipe, inputs, args.output, fmt=args.format, seed=args.seed, overwrite=args.overwrite,
-                           progress=progress, reader=reader, shard=(rank, world))
+                           progress=progress, reader=reader, shard=(rank, world), batch=args.batch_size)
     if not args.quiet or report.failed:
         print(f"{f'[rank {rank}/{world}] ' if world > 1 else ''}{len(report.written)} written, {len(report.skipped)} skipped (output exists), "
               f"{len(report.failed)} failed; outputs in {args.output}", file=sys.stderr)
@@ -400,7 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "free memory allows; large images are restored in overlapping, blended tiles)")
     p.add_argument("--tile-overlap", type=_non_negative, default=64, metavar="N",
                    help="overlap of neighbouring tiles in output pixels (default 64)")
-    p.add_argument("--batch-size", type=_positive, default=4, metavar="N", help="tiles per batch (default 4)")
+    p.add_argument("--batch-size", type=_positive, default=4, metavar="N",
+                   help="images (files of one size) or tiles per batch (default 4)")
     p.add_argument("--format", choices=["png", "jpg", "tif"], help="output format (default: the input's)")
     p.add_argument("--recursive", action="store_true", help="also take images in subfolders")
     p.add_argument("--burst", action="store_true", help="each INPUT is a folder of RAW frames, one burst")

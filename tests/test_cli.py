@@ -21,13 +21,16 @@ class FakePipe:
     scale, in_channels, device = 2, 3, torch.device("cpu")
 
     def __init__(self, fail=None, nan=False):
-        self.seeds, self.fail, self.nan, self.settings = [], fail, nan, {}
+        self.seeds, self.fail, self.nan, self.settings, self.batches = [], fail, nan, {}, []
 
     def configure(self, **settings):
         self.settings.update(settings)
         return self
 
     def __call__(self, y, seed=0):
+        if isinstance(y, list):   # a batch of files: one image per seed, like DPIR
+            self.batches.append(len(y))
+            return [self(one, s) for one, s in zip(y, seed)]
         self.seeds.append(seed)
         if self.fail is not None:
             raise self.fail
@@ -71,6 +74,19 @@ def test_folder_with_good_and_bad_files(fake, tmp_path, capsys):
     assert "c.png" in err and "notes.txt" in err and "1 failed" in err
     assert fake.seeds == [7, 7]
     assert fake.settings == dict(dtype=None, tile=None, tile_overlap=64, batch_size=4)
+
+
+def test_files_go_in_batches_and_a_failing_batch_is_retried_file_by_file(fake, tmp_path, capsys):
+    src = tmp_path / "in"
+    for name, side in [("a.png", 8), ("b.png", 6), ("c.png", 2), ("d.png", 8)]:
+        _save(src / name, np.full((side, side, 3), 50, np.uint8))
+    assert _restore(tmp_path, src, "-o", tmp_path / "out", "--batch-size", "3", "--seed", "4") == 1
+    assert sorted(os.listdir(tmp_path / "out")) == ["a.png", "b.png", "d.png"]
+    assert fake.batches == [3]   # a, b, c in one call, which fails on c; then each alone; d alone
+    err = capsys.readouterr().err
+    assert "c.png: image of 2x2 is smaller than the network's 4x4 minimum" in err and "1 failed" in err
+    assert set(fake.seeds) == {4}
+    assert np.asarray(Image.open(tmp_path / "out" / "b.png")).shape == (12, 12, 3)
 
 
 def test_engine_options_reach_the_pipeline(fake, tmp_path, capsys):
