@@ -9,7 +9,6 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from . import _backend, tiling
 from .engine import GRAPH_MODES, Engine, Plan
@@ -32,13 +31,20 @@ MEMORY_SLACK = 1.5
 UPPER_BYTES_PER_PIXEL = 64 * 1024
 
 
+def pad_frames(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """:func:`~dpir_fast.models._common.pad_to_multiple` for images [B, C, H, W] and bursts [B, N, C, H, W]
+    (every frame padded alike): (padded x, the original (H, W))."""
+    padded, size = pad_to_multiple(x.flatten(1, -3), multiple)
+    return padded.view(*x.shape[:-2], *padded.shape[-2:]), size
+
+
 def run_network(net: nn.Module, x: torch.Tensor, scale: int = 1) -> torch.Tensor:
     """net(x) with x reflect-padded to ``net.size_multiple`` and the output cropped back (× scale).
 
     x is [B, C, H, W], or a burst [B, N, C, H, W] whose frames are padded alike.
     """
-    padded, size = pad_to_multiple(x.flatten(1, -3), int(getattr(net, "size_multiple", 1)))
-    return crop_to(net(padded.view(*x.shape[:-2], *padded.shape[-2:])), size, scale)
+    padded, size = pad_frames(x, int(getattr(net, "size_multiple", 1)))
+    return crop_to(net(padded), size, scale)
 
 
 def _seed_list(seed, batch: int) -> list[int]:
@@ -301,7 +307,7 @@ class DPIR(nn.Module):
     def _restore(self, images: list[torch.Tensor], seeds: list[int], cameras: list) -> list[torch.Tensor]:
         """Every image [1, ...] through the tiles of its plan; equal tile shapes share batches."""
         plans = [self.plan(*img.shape[-2:]) for img in images]
-        padded = [_pad(img, plan.size) for img, plan in zip(images, plans)]
+        padded = [pad_frames(img, self.alignment)[0] for img in images]   # to each plan's size
         groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
         for i, plan in enumerate(plans):
             groups.setdefault(plan.tile, []).extend((i, k) for k in range(plan.n_tiles))
@@ -407,12 +413,3 @@ def _tile_setting(tile):
     if len(sides) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in sides):
         raise ValueError(f"tile must be None (automatic), a side in output pixels or (h, w), got {tile!r}")
     return sides
-
-
-def _pad(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """image [1, C, h, w] (or a burst [1, N, C, h, w]) reflect-padded at the bottom/right to ``size``."""
-    ph, pw = size[0] - image.shape[-2], size[1] - image.shape[-1]
-    if ph == 0 and pw == 0:
-        return image
-    flat = F.pad(image.flatten(0, -4), (0, pw, 0, ph), mode="reflect")
-    return flat.view(*image.shape[:-2], *size)

@@ -80,3 +80,13 @@ def assert_close_to_ref(fast: torch.Tensor, ref_lowp: torch.Tensor, ref_fp64: to
     err_ref = (ref_lowp.to(torch.float64) - truth).abs().max().item()
     bound = 2 * err_ref + ATOL[dtype]
     assert err_fast <= bound, f"fast error {err_fast:.3g} > bound {bound:.3g} (reference error {err_ref:.3g})"
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one thread for a module, restored after: tiny convolutions run fastest on one thread, and far
+    slower on two when the cores are busy with other work."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -31,15 +31,6 @@ def quick(tmp_path_factory) -> dict:
     return json.loads(path.read_text())
 
 
-@pytest.fixture
-def one_thread():
-    """torch on one thread for the test (see ``quick``), restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _flops(fn) -> int:
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         fn()

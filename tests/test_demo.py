@@ -8,7 +8,8 @@ from PIL import Image
 
 from dpir_fast import DPIR, cli
 from dpir_fast.pretrained import HERE, PRETRAINED, SAMPLE_IMAGE, pretrained_path
-from tests.test_train import one_thread  # noqa: F401 -- autouse fixture
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 REPO = Path(__file__).resolve().parents[1]
 needs_weights = pytest.mark.skipif(not (HERE / PRETRAINED["demo-sr4x"]).is_file(),

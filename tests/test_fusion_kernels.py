@@ -114,6 +114,20 @@ def test_the_sampler_update_in_the_last_conv(layout, device):
         assert den.is_contiguous(memory_format=torch.channels_last) == (layout == "nhwc")
 
 
+def test_per_image_noise_keys_and_the_update_in_place(device):
+    """Tiles of two images in one batch (per-image placement) and x_next written over x_t, as the engine runs it."""
+    net, update = make(device, **SMALL), ancestral_update(Schedule.linear(), 30)
+    x_ir, x_den = estimates(device, (2, 3, 13, 11))
+    x_t = torch.randn(2, 3, 13, 11, device=device)
+    place = dict(full_size=[(20, 30), (13, 11)], origin=[(4, 9), (0, 0)])
+    ref = fusion_step_ref(net, x_ir, x_den, 30, x_t, update, [3, 8], **place)
+    truth = fusion_step_ref(copy.deepcopy(net).double(), x_ir.double(), x_den.double(), 30, x_t.double(), update,
+                            [3, 8], **place)
+    out = ops.fusion_step(net, x_ir, x_den, 30, x_t, update, [3, 8], **place, backend="triton", out=x_t)
+    assert out.data_ptr() == x_t.data_ptr()
+    assert_close_to_ref(x_t, ref, truth, torch.float32)
+
+
 def test_weights_are_repacked_when_the_parameters_change(device):
     net = make(device, **SMALL)
     x_ir, x_den = estimates(device, (1, 3, 5, 4))

@@ -112,3 +112,23 @@ def test_sampler_update_reference_keeps_float64():
                                   den_dtype=torch.float64)
     assert out.dtype == den.dtype == torch.float64
     torch.testing.assert_close(den[:, :3], 1.5 * x0)
+
+
+def test_per_image_noise_keys_and_buffers_written_in_place(device):
+    """A batch of crops of two images (per-image full sizes and origins, as tiles share a batch) draws each image's
+    reference noise; ``out`` aliasing x_t and ``den_out`` are written in place, a wrong buffer is refused."""
+    x0, xt = inputs(device, torch.float32, "nchw", (3, 3, 9, 14))
+    x = xt.contiguous()
+    den = torch.empty(3, 4, 9, 14, device=device, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    update = SamplerUpdate(0.6, 0.3, 0.8, 17, 1.5, 0.25)
+    place = dict(full_size=[(37, 53), (20, 30), (37, 53)], origin=[(20, 33), (11, 0), (0, 39)])
+    ref, ref_den = sampler_update_ref(x0, x, update, [5, 6, 5], **place, den_dtype=torch.bfloat16)
+    out, d = ops.sampler_update(x0, x, update, [5, 6, 5], **place, den_dtype=torch.bfloat16,
+                                den_channels_last=True, backend="triton", out=x, den_out=den)
+    assert out.data_ptr() == x.data_ptr() and d.data_ptr() == den.data_ptr()
+    torch.testing.assert_close(x, ref, rtol=0, atol=2e-6)
+    torch.testing.assert_close(den.float(), ref_den.float(), rtol=2 ** -6, atol=0)   # one bf16 step
+    whole = draw_noise([5], 17, (1, 3, 37, 53))
+    torch.testing.assert_close(ref[0], 0.6 * x0[0] + 0.3 * xt[0] + 0.8 * whole[0, :, 20:29, 33:47].to(device))
+    with pytest.raises(ValueError, match="out must be a contiguous torch.float32"):
+        ops.sampler_update(x0, xt, update, [5, 6, 5], backend="triton", out=torch.empty_like(x0, dtype=torch.float16))
