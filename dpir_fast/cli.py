@@ -242,6 +242,7 @@ def _device(name: str) -> str:
     rank, world, local = torchrun_shard()
     if world > 1 and name in ("auto", "cuda") and torch.cuda.is_available():
         name = f"cuda:{local % torch.cuda.device_count()}"  # one GPU per process
+        torch.cuda.set_device(name)   # kernels and graphs that follow the current device use this one
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):

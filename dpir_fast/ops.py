@@ -125,6 +125,15 @@ def _compute_dtype(net, device: torch.device, dtype: torch.dtype | None) -> torc
     return net.conv_in.weight.dtype
 
 
+def fusion_pack(net, x: torch.Tensor, dtype: torch.dtype | None = None, backend: str = "auto"):
+    """The packed weights :func:`fusion_step` reads for tensors like ``x`` (None when ``net`` runs unfused).
+    A CUDA graph that captured fusion_step must hold them: an optimiser step or ``load_state_dict`` repacks
+    into new tensors and drops these from the cache."""
+    if not fuses(net, x, backend):
+        return None
+    return _kernels().packed_fusion(net, _compute_dtype(net, x.device, dtype))
+
+
 def fusion_step(net, x_ir: torch.Tensor, x_den: torch.Tensor, t, x_t: torch.Tensor | None,
                 update: SamplerUpdate, seeds, weights: torch.Tensor | None = None, dtype: torch.dtype | None = None,
                 full_size=None, origin=(0, 0), den_dtype=None, den_channels_last=False, backend: str = "auto",
@@ -180,6 +189,8 @@ def dau_tail(r: torch.Tensor, x: torch.Tensor, w_sa: torch.Tensor, w_ca_down: to
 
     r, x [B, C, H, W] (float32/bfloat16/float16, NCHW or channels_last); w_sa [1, 2, 5, 5];
     w_ca_down [C/8, C, 1, 1]; w_ca_up [C, C/8, 1, 1]; w_out [C, 2C, 1, 1]. Reference :func:`dau_tail_ref`.
+    NaN propagates on every device, as in the reference: the max-pool and the ReLU keep it (torch.amax, relu), so
+    a NaN in r makes its whole image NaN (through the channel mean), a NaN in x only its own output.
     """
     if _ext((r, x), (w_sa, w_ca_down, w_ca_up, w_out), backend):
         return torch.ops.dpir_fast.dau_tail(r, x, w_sa, w_ca_down, w_ca_up, w_out)
@@ -192,7 +203,8 @@ def skff(feats: Sequence[torch.Tensor], w_down: torch.Tensor, prelu: torch.Tenso
     [B, C, H, W], fused in the extension as two passes over the inputs (3 streams; others use the reference).
 
     feats: 3 tensors [B, C, H, W]; w_down [d, C, 1, 1]; prelu [1] or [d]; w_up: 3 weights [C, d, 1, 1].
-    Reference :func:`skff_ref`.
+    Reference :func:`skff_ref`. NaN propagates on every device, as in the reference: the softmax's max keeps it,
+    so a NaN in any stream makes its whole image NaN (through the pooled mean).
     """
     feats, w_up = list(feats), list(w_up)
     if len(feats) == 3 and len(w_up) == 3 and _ext(feats, (w_down, prelu, *w_up), backend):

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from . import _backend, tiling
-from .engine import GRAPH_MODES, Engine, Plan
+from .engine import GRAPH_MODES, Engine, Plan, versions
 from .models._common import crop_to, pad_to_multiple
 from .reference.sampler import STARTS, TAILS, dpir_sample_ref, sample_timesteps
 from .schedule import Schedule
@@ -359,14 +359,13 @@ class DPIR(nn.Module):
         if channels_last and "channels_last" not in self._cache:
             self.denoiser.to(memory_format=torch.channels_last)
             self._cache["channels_last"] = True
-        params = [*self.denoiser.parameters(), *self.fusion.parameters()]
-        key = (self.device, self.dtype_name, tuple((p.data_ptr(), p._version) for p in params))
+        key = (self.device, self.dtype_name, versions([*self.denoiser.parameters(), *self.fusion.parameters()]))
         if self._cache.get("engine_key") != key:
             s = self.settings
             plan = Plan.make(self.schedule, s["tau"], s["tail"], s["tail_steps"], s["start"], s["eta"])
             self._cache["engine"] = Engine(plan, self._denoise, self.fusion, DTYPES[self.dtype_name],
                                            channels_last=channels_last, backend=s["backend"],
-                                           graphs=s["graphs"])
+                                           graphs=s["graphs"], params=list(self.denoiser.parameters()))
             self._cache["engine_key"] = key
         return self._cache["engine"]
 

@@ -120,7 +120,7 @@ def conv_out_kernel(src, s_b, s_c, s_h, s_w, w_ptr, bias_ptr, ROWS, H, W, C_IN, 
         if RESIDUAL:
             x0 += tl.load(ir_ptr + img * ir_b + c * ir_c + y * ir_h + x * ir_w, mask=m_ok, other=0.0).to(tl.float32)
         update_channel(x0, c, m_ok, seed, noise_off, plane, xt_ptr, img * xt_b + y * xt_h + x * xt_w, xt_c,
-                       out_ptr, img * (C * H * W) + p, H * W, den_ptr, den_off, den_c, a, b, sigma, den_scale,
+                       out_ptr, img * C * H * W + p, H * W, den_ptr, den_off, den_c, a, b, sigma, den_scale,
                        HAS_XT, NOISE, WRITE_DEN)
     if WRITE_DEN:
         level = den_level + tl.zeros([BLOCK_M], tl.float32)

@@ -13,10 +13,11 @@ import torch
 import triton
 
 from dpir_fast._backend import interpreting
+from dpir_fast.engine import versions
 from dpir_fast.models.fusion import DenseBlock, FusionNet
 
 from .fusion import ACTS, EPI_ACT, EPI_MIX, EPI_RESIDUAL, conv3x3_kernel, conv_out_kernel
-from .sampler import check_den, check_extent, check_out, key_tensor, on_tensor_device
+from .sampler import check_den, check_extent, check_out, check_rows, key_tensor, on_tensor_device
 
 # Pixel tile per conv: the mix conv holds two accumulators, and IEEE float32 dots (CUDA-core FMA) hold
 # their operands in registers, so both take smaller tiles (sizes checked against ptxas for sm_80/sm_90).
@@ -82,20 +83,13 @@ def unsupported_reason(net: FusionNet) -> str | None:
     return None
 
 
-def _version(p: torch.Tensor) -> int:
-    try:
-        return p._version
-    except RuntimeError:   # an inference-mode tensor keeps no version counter
-        return -1
-
-
 def packed_fusion(net: FusionNet, dtype: torch.dtype) -> dict:
     """{conv_in, blocks: [[5 PackedConv] per dense block], conv_out}, cached per module and versions."""
     reason = unsupported_reason(net)
     if reason:
         raise ValueError(f"cannot fuse this FusionNet: {reason}")
     params = list(net.parameters())
-    version = tuple((p.data_ptr(), _version(p)) for p in params)
+    version = versions(params)
     per_module = _CACHE.setdefault(net, {})
     key = (dtype, params[0].device, _big_tiles(), MAX_BLOCK_N)
     if key not in per_module or per_module[key][0] != version:
@@ -159,6 +153,7 @@ def fusion_forward(net: FusionNet, x_ir: torch.Tensor, x_den: torch.Tensor, weig
     n_feat, growth = net.config["n_feat"], net.config["growth"]
     act, width_buf = ACTS[net.config["act"]], n_feat + 4 * growth
     nhwc = (hw * width_buf, 1, width * width_buf, width_buf)
+    check_rows(2 * batch * hw, _block_m(2 * batch * hw, False, dtype))   # the encoder's 2B images, the most rows
     enc = torch.empty(2 * batch * hw, width_buf, dtype=dtype, device=x_ir.device)
     decs = [torch.empty(batch * hw, width_buf, dtype=dtype, device=x_ir.device)
             for _ in range(min(2, len(net.decoder) + 1))]

@@ -57,15 +57,17 @@ def update_channel(x0, c, mask, seed, noise_off, noise_plane, xt_ptr, xt_off, xt
 @triton.jit(do_not_specialize=["step"])
 def affine_kernel(x0_ptr, x0_b, x0_c, x0_h, x0_w, xt_ptr, xt_b, xt_c, xt_h, xt_w, out_ptr,
                   den_ptr, den_b, den_c, den_w, key_ptr, a, b, sigma, den_scale, den_level, step,
-                  H, W, C: tl.constexpr, HAS_XT: tl.constexpr, NOISE: tl.constexpr,
+                  H, W, TILES, C: tl.constexpr, HAS_XT: tl.constexpr, NOISE: tl.constexpr,
                   WRITE_DEN: tl.constexpr, X0_FLAT: tl.constexpr, XT_FLAT: tl.constexpr,
                   BLOCK: tl.constexpr):
-    """Grid (cdiv(H·W, BLOCK), B): BLOCK pixels of image b, all C channels.
+    """Grid (B·TILES,), TILES = cdiv(H·W, BLOCK): program i runs BLOCK pixels of image i // TILES, all C channels
+    (one grid axis: the second and third hold at most 65535 programs).
 
     *_FLAT: the tensor's pixel (y, x) sits at (y·W + x)·stride_w, so loads stay contiguous/vectorised.
     """
-    img = tl.program_id(1).to(tl.int64)
-    p32 = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    pid = tl.program_id(0)
+    img = (pid // TILES).to(tl.int64)
+    p32 = (pid % TILES) * BLOCK + tl.arange(0, BLOCK)
     mask = p32 < H * W
     y = (p32 // W).to(tl.int64)
     x = (p32 % W).to(tl.int64)
@@ -77,7 +79,7 @@ def affine_kernel(x0_ptr, x0_b, x0_c, x0_h, x0_w, xt_ptr, xt_b, xt_c, xt_h, xt_w
     for c in tl.static_range(C):
         x0 = tl.load(x0_ptr + x0_off + c * x0_c, mask=mask, other=0.0).to(tl.float32)
         update_channel(x0, c, mask, seed, noise_off, plane, xt_ptr, xt_off, xt_c,
-                       out_ptr, img * (C * H * W) + p, H * W, den_ptr, den_off, den_c, a, b, sigma, den_scale,
+                       out_ptr, img * C * H * W + p, H * W, den_ptr, den_off, den_c, a, b, sigma, den_scale,
                        HAS_XT, NOISE, WRITE_DEN)
     if WRITE_DEN:
         level = den_level + tl.zeros([BLOCK], tl.float32)
@@ -140,6 +142,22 @@ def check_extent(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def check_grid(programs: int) -> int:
+    """``programs`` if a one-axis grid can launch them (CUDA allows 2³¹ − 1 blocks on grid axis x)."""
+    if programs > MAX_INDEX:
+        raise ValueError(f"{programs} thread blocks exceed CUDA's 2**31 - 1 on one grid axis; "
+                         "split the batch or sample in tiles")
+    return programs
+
+
+def check_rows(rows: int, block: int) -> int:
+    """``rows`` (pixels over a batch, a kernel's int32 row index) if its last tile's indices stay below 2³¹."""
+    if triton.cdiv(rows, block) * block > MAX_INDEX:
+        raise ValueError(f"{rows} pixels in one fused call exceed the kernels' int32 row index (2**31 - 1); "
+                         "split the batch or sample in tiles")
+    return rows
+
+
 def is_flat(x: torch.Tensor) -> bool:
     """Whether pixel (y, x) of every plane sits at (y·W + x)·stride(3): NCHW, NHWC, batch/channel slices."""
     return x.shape[2] == 1 or x.stride(2) == x.shape[3] * x.stride(3)
@@ -165,9 +183,10 @@ def affine_update(x0: torch.Tensor, x_t: torch.Tensor | None, a: float, b: float
     xt = check_extent(x_t) if has_xt else x0
     # The interpreter pays per operation, not per element: one program per image there.
     block = min(triton.next_power_of_2(height * width), 1 << 14) if interpreting() else BLOCK
-    grid = (triton.cdiv(height * width, block), batch)
-    affine_kernel[grid](x0, *x0.stride(), xt, *xt.stride(), out, den, den.stride(0), den.stride(1), den.stride(3),
-                        keys, a, b, sigma, den_scale, den_level, step, height, width,
+    tiles = triton.cdiv(height * width, block)
+    affine_kernel[(check_grid(batch * tiles),)](
+                        x0, *x0.stride(), xt, *xt.stride(), out, den, den.stride(0), den.stride(1), den.stride(3),
+                        keys, a, b, sigma, den_scale, den_level, step, height, width, tiles,
                         C=channels, HAS_XT=has_xt, NOISE=sigma > 0, WRITE_DEN=den_dtype is not None,
                         X0_FLAT=is_flat(x0), XT_FLAT=is_flat(xt), BLOCK=block)
     return (out, den) if den_dtype is not None else out

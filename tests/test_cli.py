@@ -220,3 +220,16 @@ def test_restore_end_to_end_with_a_real_tiny_checkpoint(tmp_path, capsys):
     assert _restore(tmp_path, la, "-o", tmp_path / "alone", "--seed", "3", "--tau", "2", "--quiet") == 0
     assert (tmp_path / "alone/gray.png").read_bytes() == (tmp_path / "out/gray.png").read_bytes()
     assert capsys.readouterr().err.count("written") == 1  # --quiet prints no summary
+
+
+def test_each_torchrun_process_makes_its_gpu_the_current_device(monkeypatch):
+    """Under torchrun, process LOCAL_RANK runs on (and sets as current) GPU LOCAL_RANK mod the GPU count."""
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert cli._device("auto") == "cuda:1" and chosen == ["cuda:1"]
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert cli._device("cpu") == "cpu" and chosen == ["cuda:1"]

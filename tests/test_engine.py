@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from dpir_fast import DPIR, ops
+from dpir_fast import DPIR, engine as engine_module, ops
 from dpir_fast.engine import Bucket, Engine, Plan
 from dpir_fast.models import FusionNet
 from dpir_fast.pipeline import run_network
@@ -190,3 +190,105 @@ def test_graph_replay_equals_eager_and_draws_fresh_noise(dtype):
         out = graph.run(x_ir, seeds)
         assert (graph.runners[Bucket(2, 3, 64, 48, torch.device("cuda"))].graph is not None) == (i > 0)
         torch.testing.assert_close(out, eager.run(x_ir, seeds), rtol=0, atol=1e-5)
+
+
+def _change_in_place(module: torch.nn.Module) -> None:
+    """What an optimiser step or load_state_dict does: new values in the same storages."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+
+
+def test_engine_follows_fusion_weights_changed_in_place():
+    """The fused path's time-branch weights follow the FusionNet's parameters (eager path, interpreter)."""
+    engine, denoiser, fusion = eager_engine(backend="triton")
+    x_ir = torch.rand(1, 3, 8, 8)
+    engine.run(x_ir, [3])
+    _change_in_place(fusion)
+    with torch.no_grad():
+        ref = dpir_sample_ref(x_ir, lambda inp: run_network(denoiser, inp), fusion, SCHEDULE, 4, [3])
+    torch.testing.assert_close(engine.run(x_ir, [3]), ref, rtol=0, atol=1e-5)
+
+
+class StandInGraphs:
+    """capture_graph's stand-in on CPU: counts captures, records autocast's cache state while capturing,
+    and replays by running the captured loop again."""
+
+    def __init__(self):
+        self.captures, self.capturing, self.cache_states = 0, False, []
+
+    def capture(self, loop, device, pool):
+        self.captures += 1
+        self.capturing = True
+        try:
+            loop()
+        finally:
+            self.capturing = False
+        return type("Graph", (), {"replay": staticmethod(loop)})()
+
+    def denoiser(self, net):
+        def denoise(inp):
+            if self.capturing:
+                self.cache_states.append(torch.is_autocast_cache_enabled())
+            return run_network(net, inp).float()
+        return denoise
+
+
+@pytest.fixture
+def stand_in(monkeypatch) -> StandInGraphs:
+    graphs = StandInGraphs()
+    monkeypatch.setattr(engine_module, "capture_graph", graphs.capture)
+    monkeypatch.setattr(engine_module, "graph_pool", lambda device: None)
+    monkeypatch.setattr(Engine, "_capturable", lambda self, bucket: True)
+    return graphs
+
+
+def test_a_runner_captures_again_when_the_weights_change_and_holds_what_its_graph_reads(stand_in):
+    torch.manual_seed(0)
+    denoiser, fusion = tiny_denoiser_fusion()
+    engine = Engine(Plan.make(SCHEDULE, 3), stand_in.denoiser(denoiser), fusion, backend="triton",
+                    params=list(denoiser.parameters()))
+    x_ir = torch.rand(1, 3, 8, 8)
+    for _ in range(3):   # eager, capture, replay
+        engine.run(x_ir, [1])
+    runner = engine.runners[Bucket(1, 3, 8, 8, torch.device("cpu"))]
+    assert stand_in.captures == 1 and runner.held[0] is engine.time_weights()
+    old_weights = runner.held[0]
+    for module in (fusion, denoiser):
+        _change_in_place(module)
+        out = engine.run(x_ir, [1])
+        with torch.no_grad():
+            ref = dpir_sample_ref(x_ir, lambda inp: run_network(denoiser, inp), fusion, SCHEDULE, 3, [1])
+        torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
+    assert stand_in.captures == 3 and runner.held[0] is engine.time_weights() and runner.held[0] is not old_weights
+    engine.run(x_ir, [1])
+    assert stand_in.captures == 3   # unchanged weights: replay
+
+
+def test_capture_runs_with_the_autocast_cache_off_whatever_the_caller_asks(stand_in):
+    torch.manual_seed(0)
+    denoiser, fusion = tiny_denoiser_fusion()
+    engine = Engine(Plan.make(SCHEDULE, 2), stand_in.denoiser(denoiser), fusion, torch.bfloat16)
+    x_ir = torch.rand(1, 3, 8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=True):
+        for _ in range(2):
+            engine.run(x_ir, [1])
+        assert torch.is_autocast_cache_enabled()   # the caller's state is left as it was
+    assert stand_in.captures == 1 and stand_in.cache_states and not any(stand_in.cache_states)
+
+
+requires_two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+
+
+@requires_two_gpus
+def test_a_bucket_on_another_device_than_the_current_one_captures_and_replays_there():
+    torch.manual_seed(0)
+    denoiser, fusion = (m.to("cuda:1") for m in tiny_denoiser_fusion())
+    plan, denoise = Plan.make(SCHEDULE, 3), lambda inp: run_network(denoiser, inp)
+    graph = Engine(plan, denoise, fusion, backend="fast", graphs="on", params=list(denoiser.parameters()))
+    eager = Engine(plan, denoise, fusion, backend="fast", graphs="off")
+    with torch.cuda.device(0):
+        for seeds in ([1], [2], [3]):
+            x_ir = torch.rand(1, 3, 16, 16, device="cuda:1")
+            torch.testing.assert_close(graph.run(x_ir, seeds), eager.run(x_ir, seeds), rtol=0, atol=1e-5)
+    assert graph.runners[Bucket(1, 3, 16, 16, torch.device("cuda:1"))].graph is not None
