@@ -41,6 +41,8 @@ inline void store_row(T* dst, const float* src, int64_t n) {
   }
 }
 
+// max(a, b) that keeps NaN, as torch.amax and relu do (std::max keeps it only as its first argument, fmax never);
+// cuda::nan_max on the device.
 inline float nan_max(float a, float b) { return (std::isnan(a) || a > b) ? a : b; }
 
 inline float sum_all(const Vec& v) {

@@ -44,8 +44,11 @@ __device__ __forceinline__ float group_sum(float v, int width = 32) {
   return v;
 }
 
+// max(a, b) that keeps NaN, as torch.amax and relu do (fmaxf drops it); cpu::nan_max on the host.
+__device__ __forceinline__ float nan_max(float a, float b) { return (::isnan(a) || a > b) ? a : b; }
+
 __device__ __forceinline__ float group_max(float v, int width = 32) {
-  for (int o = width / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  for (int o = width / 2; o > 0; o >>= 1) v = nan_max(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;
 }
 
@@ -137,7 +140,7 @@ __global__ void __launch_bounds__(kThreads) reduce_nchw_kernel(Inputs<T, NIN> in
 #pragma unroll
       for (int j = 0; j < VEC; ++j) {
         s += v[j];
-        if (POOL) mx[j] = fmaxf(mx[j], v[j]), sm[j] += v[j];
+        if (POOL) mx[j] = nan_max(v[j], mx[j]), sm[j] += v[j];
       }
       s = group_sum(s);
       if (lane == 0) rows[warp * C + c] += s;
@@ -186,7 +189,7 @@ __global__ void __launch_bounds__(kThreads) reduce_nhwc_kernel(Inputs<T, NIN> in
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
           row[v * VEC + j] += x[j];
-          if (POOL) mx = fmaxf(mx, x[j]), sm += x[j];
+          if (POOL) mx = nan_max(x[j], mx), sm += x[j];
         }
       }
     }

@@ -108,7 +108,7 @@ void fold_channel_attention(const float* chsum, const at::Tensor& wd, const at::
     for (int64_t j = 0; j < Cr; ++j) {
       float a = 0.f;
       for (int64_t c = 0; c < C; ++c) a += pd[j * C + c] * chsum[b * C + c];
-      hid[j] = std::max(a / s.HW, 0.f);
+      hid[j] = nan_max(a / s.HW, 0.f);
     }
     for (int64_t c = 0; c < C; ++c) {
       float a = 0.f;

@@ -25,7 +25,7 @@ __global__ void __launch_bounds__(kThreads) channel_attention_kernel(const float
   float *mean = smem, *hidden = mean + C, *scratch = hidden + Cr;
   const int b = blockIdx.x;
   reduce_tiles(partial + int64_t(b) * ntiles * C, ntiles, C, inv_hw, mean, scratch);
-  warp_matvec(wd, mean, Cr, C, hidden, [](int, float s) { return fmaxf(s, 0.f); });
+  warp_matvec(wd, mean, Cr, C, hidden, [](int, float s) { return nan_max(s, 0.f); });
   for (int c = threadIdx.x; c < C; c += kThreads) {
     float s = 0.f;
     for (int j = 0; j < Cr; ++j) s += wu[int64_t(c) * Cr + j] * hidden[j];

@@ -77,7 +77,7 @@ void attention(const float* chsum, const at::Tensor& wd, const at::Tensor& slope
         l[k] = 0.f;
         for (int64_t j = 0; j < d; ++j) l[k] += pu[j] * z[j];
       }
-      const float m = std::max({l[0], l[1], l[2]});
+      const float m = nan_max(l[0], nan_max(l[1], l[2]));
       const float e0 = std::exp(l[0] - m), e1 = std::exp(l[1] - m), e2 = std::exp(l[2] - m), sum = e0 + e1 + e2;
       attn[(b * 3 + 0) * C + c] = e0 / sum;
       attn[(b * 3 + 1) * C + c] = e1 / sum;

@@ -34,7 +34,7 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const float* __rest
       l[k] = 0.f;
       for (int j = 0; j < d; ++j) l[k] += wu.w[k][int64_t(c) * d + j] * z[j];
     }
-    const float m = fmaxf(l[0], fmaxf(l[1], l[2]));
+    const float m = nan_max(l[0], nan_max(l[1], l[2]));
     const float e0 = expf(l[0] - m), e1 = expf(l[1] - m), e2 = expf(l[2] - m), inv = 1.f / (e0 + e1 + e2);
     float* a = attn + int64_t(b) * 3 * C + c;
     a[0] = e0 * inv, a[C] = e1 * inv, a[2 * C] = e2 * inv;

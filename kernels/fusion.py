@@ -81,7 +81,7 @@ def conv3x3_kernel(src, s_b, s_c, s_h, s_w, w_ptr, bias_ptr, dst, d_row, mix_off
     if EPI == 0:
         out = acc + bias
         if ACT == 1:
-            out = tl.maximum(out, 0.0)
+            out = tl.maximum(out, 0.0, propagate_nan=tl.PropagateNan.ALL)   # ReLU(NaN) = NaN, as torch
         elif ACT == 2:
             out = tl.where(out >= 0.0, out, 0.2 * out)
     else:

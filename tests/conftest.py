@@ -13,7 +13,20 @@ import torch  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+requires_cuda = pytest.mark.cuda   # skipped without a CUDA device (pytest_collection_modifyitems)
+
+
+def pytest_collection_modifyitems(items):
+    """Mark ``cuda`` every test that runs on a GPU, so that ``pytest -m cuda`` selects them (scripts/gpu_check.sh):
+    the ``requires_cuda`` ones, those with a ``device`` parameter "cuda", and on a CUDA machine every test taking
+    the ``device`` fixture. Without a CUDA device the marked ones are skipped."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        device = callspec.params.get("device", DEVICE) if callspec else DEVICE
+        if "device" in getattr(item, "fixturenames", ()) and device == "cuda":
+            item.add_marker(pytest.mark.cuda)
+        if not torch.cuda.is_available() and item.get_closest_marker("cuda"):
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
 
 
 def _ext_error() -> str | None:
@@ -39,13 +52,28 @@ def assert_cuda_graph_replays(op, args: list, changed: torch.Tensor) -> None:
     torch.testing.assert_close(out, op(*args))
 
 
-def op_cases(test):
-    """An extension-op test over device (CUDA where present) × OP_SHAPES × float32/bfloat16/float16 × LAYOUTS."""
-    test = pytest.mark.parametrize("layout", LAYOUTS)(test)
-    test = pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])(test)
-    test = pytest.mark.parametrize("shape", OP_SHAPES, ids=lambda s: "x".join(map(str, s)))(test)
-    test = pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=requires_cuda)])(test)
-    return requires_ext(test)
+def ext_cases(shapes, dtypes, layouts):
+    """Decorator: an extension-op test over device (CUDA where present) × shapes × dtypes × layouts."""
+    def parametrize(test):
+        test = pytest.mark.parametrize("layout", layouts)(test)
+        test = pytest.mark.parametrize("dtype", dtypes)(test)
+        test = pytest.mark.parametrize("shape", shapes, ids=lambda s: "x".join(map(str, s)))(test)
+        test = pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=requires_cuda)])(test)
+        return requires_ext(test)
+    return parametrize
+
+
+op_cases = ext_cases(OP_SHAPES, [torch.float32, torch.bfloat16, torch.float16], LAYOUTS)
+# NaN inputs: the CUDA kernels' scalar and 16-byte paths in both layouts (HW = 143 and 96, C = 64 and 20)
+nan_cases = ext_cases([(3, 64, 13, 11), (2, 20, 8, 12)], [torch.float32, torch.bfloat16],
+                      ["contiguous", "channels_last"])
+
+
+def with_nans(t: torch.Tensor, seed: int, count: int, images=slice(None)) -> torch.Tensor:
+    """A copy of ``t`` [B, ...] with NaN at ``count`` random positions of the batch images ``images``."""
+    rank = torch.rand(t.shape, generator=torch.Generator().manual_seed(seed))
+    rank[images] -= 1  # the chosen images' positions first
+    return t.flatten().index_fill(0, rank.flatten().argsort()[:count], float("nan")).view(t.shape)
 
 
 def as_layout(t: torch.Tensor, layout: str) -> torch.Tensor:
@@ -66,19 +94,29 @@ def device() -> str:
 
 # Absolute slack per dtype on top of PyTorch's own error at that precision (DESIGN.md §5.2).
 ATOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}
+# tl.randn against reference/noise.py, given equal Philox words and uniforms: the interpreter's numpy float32 libm
+# agrees to rounding (the tests' 2e-6 absolute); CUDA's libdevice log and cos (flush-to-zero) and sqrt.approx agree
+# to about 1e-6 relative: RANDN_RTOL = 1e-5 there. As |z| ≤ sqrt(−2 ln 1e-7) < Z_MAX (tl.randn clamps u₁ at 1e-7),
+# σ·Z_MAX·RANDN_RTOL bounds that in an output adding σ·z to other terms.
+RANDN_RTOL = 1e-5 if DEVICE == "cuda" else 0.0
+Z_MAX = 5.7
 
 
 def assert_close_to_ref(fast: torch.Tensor, ref_lowp: torch.Tensor, ref_fp64: torch.Tensor,
-                        dtype: torch.dtype) -> None:
-    """err(fast − ref_fp64) ≤ 2·err(ref_lowp − ref_fp64) + atol[dtype], errors as max-abs.
+                        dtype: torch.dtype, slack: float = 0.0) -> None:
+    """err(fast − ref_fp64) ≤ 2·err(ref_lowp − ref_fp64) + atol[dtype] + slack, errors as max-abs over the
+    positions where ref_fp64 is not NaN; fast must be NaN exactly where ref_fp64 is.
 
     ``ref_lowp`` is the reference computed at ``dtype`` (its error is what that precision costs),
-    ``ref_fp64`` the reference in float64.
+    ``ref_fp64`` the reference in float64; ``slack``: what fast may differ by beyond rounding (tl.randn on CUDA).
     """
     truth = ref_fp64.to(torch.float64)
-    err_fast = (fast.to(torch.float64) - truth).abs().max().item()
-    err_ref = (ref_lowp.to(torch.float64) - truth).abs().max().item()
-    bound = 2 * err_ref + ATOL[dtype]
+    nan = truth.isnan()
+    wrong = (fast.isnan() != nan).sum().item()
+    assert wrong == 0, f"fast is NaN at {wrong} positions where the reference is not, or the other way round"
+    err_fast = (fast.to(torch.float64) - truth).masked_fill(nan, 0).abs().max().item()
+    err_ref = (ref_lowp.to(torch.float64) - truth).masked_fill(nan, 0).abs().max().item()
+    bound = 2 * err_ref + ATOL[dtype] + slack
     assert err_fast <= bound, f"fast error {err_fast:.3g} > bound {bound:.3g} (reference error {err_ref:.3g})"
 
 

@@ -9,7 +9,8 @@ from dpir_fast import ops
 from dpir_fast.models.mirnet import DAU
 from dpir_fast.reference import dau_tail_ref
 
-from .conftest import as_layout, assert_close_to_ref, assert_cuda_graph_replays, op_cases, requires_cuda, requires_ext
+from .conftest import (as_layout, assert_close_to_ref, assert_cuda_graph_replays, nan_cases, op_cases, requires_cuda,
+                       requires_ext, with_nans)
 
 
 def make_case(B: int, C: int, H: int, W: int, seed: int = 0):
@@ -22,8 +23,8 @@ def make_case(B: int, C: int, H: int, W: int, seed: int = 0):
     return r, x, weights
 
 
-def check(shape, dtype, layout, device):
-    r, x, weights = make_case(*shape)
+def check(case, dtype, layout, device):
+    r, x, weights = case
     rl, xl = (as_layout(t.to(device, dtype), layout) for t in (r, x))
     fast = ops.dau_tail(rl, xl, *(w.to(device) for w in weights), backend="ext")
     assert fast.shape == r.shape and fast.dtype == dtype and fast.device == rl.device
@@ -36,7 +37,20 @@ def check(shape, dtype, layout, device):
 
 @op_cases
 def test_matches_reference(shape, dtype, layout, device):
-    check(shape, dtype, layout, device)
+    check(make_case(*shape), dtype, layout, device)
+
+
+@nan_cases
+def test_nan_propagates_as_in_the_reference(shape, dtype, layout, device):
+    """NaN in x: NaN at those outputs only. Two NaN in r (image 0): its channel means are NaN, so through the
+    channel attention's ReLU all of image 0 is, not just the 5×5 spatial attention around them (where the NaN of
+    the mean beside the max-pool hides whether the max kept it)."""
+    r, x, weights = make_case(*shape)
+    r, x = with_nans(r, 1, 2, [0]), with_nans(x, 2, 20)
+    expected = x.isnan()
+    expected[0] = True
+    assert torch.equal(dau_tail_ref(r, x, *weights).isnan(), expected)
+    check((r, x, weights), dtype, layout, device)
 
 
 @requires_ext

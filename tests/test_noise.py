@@ -2,7 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from dpir_fast.reference.noise import draw_noise, noise_keys, philox4x32, philox_randn
+from dpir_fast.reference.noise import _uniform, draw_noise, noise_keys, philox4x32, philox_randn
+
+from .conftest import RANDN_RTOL
 
 
 def words(*values):
@@ -21,22 +23,38 @@ def test_philox_known_answers(key, counter, expected):
     assert [int(w) for w in out] == list(expected)
 
 
-def test_matches_triton_randn(device):
+def test_matches_triton_words_uniforms_and_randn(device):
+    """tl.randint4x's words and tl.rand4x's uniforms are the reference's exactly, on every device; tl.randn's
+    normals to float32 rounding under the interpreter, to RANDN_RTOL on CUDA (libdevice log and cos, sqrt.approx)."""
     triton = pytest.importorskip("triton")
     import triton.language as tl
 
     @triton.jit
-    def randn_kernel(out_ptr, off_ptr, seed, n, BLOCK: tl.constexpr):
+    def philox_kernel(words_ptr, uniforms_ptr, normals_ptr, off_ptr, seed, n, BLOCK: tl.constexpr):
         i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        offsets = tl.load(off_ptr + i, mask=i < n, other=0)
-        tl.store(out_ptr + i, tl.randn(seed, offsets), mask=i < n)
+        mask = i < n
+        offsets = tl.load(off_ptr + i, mask=mask, other=0)
+        w0, w1, w2, w3 = tl.randint4x(seed, offsets)
+        u1, u2, _, _ = tl.rand4x(seed, offsets)
+        tl.store(words_ptr + i, w0.to(tl.int64), mask=mask)
+        tl.store(words_ptr + n + i, w1.to(tl.int64), mask=mask)
+        tl.store(words_ptr + 2 * n + i, w2.to(tl.int64), mask=mask)
+        tl.store(words_ptr + 3 * n + i, w3.to(tl.int64), mask=mask)
+        tl.store(uniforms_ptr + i, u1, mask=mask)
+        tl.store(uniforms_ptr + n + i, u2, mask=mask)
+        tl.store(normals_ptr + i, tl.randn(seed, offsets), mask=mask)
 
     offsets = torch.cat([torch.tensor([0, 1, 2**32, 2**32 + 5, 77 << 32]),
                          torch.randint(0, 2**41, (500,), generator=torch.Generator().manual_seed(0))])
+    n = offsets.numel()
     for seed in (0, 3, 2**40 + 11):
-        out = torch.empty(offsets.numel(), device=device)
-        randn_kernel[(4,)](out, offsets.to(device), seed, offsets.numel(), BLOCK=128)
-        torch.testing.assert_close(philox_randn(seed, offsets), out.cpu(), rtol=0, atol=2e-6)
+        words = torch.empty(4, n, dtype=torch.int64, device=device)
+        uniforms, normals = torch.empty(2, n, device=device), torch.empty(n, device=device)
+        philox_kernel[(triton.cdiv(n, 128),)](words, uniforms, normals, offsets.to(device), seed, n, BLOCK=128)
+        ref_words = torch.stack(philox4x32(seed, offsets & 0xFFFFFFFF, offsets >> 32))
+        assert torch.equal(words.cpu(), ref_words)
+        assert torch.equal(uniforms.cpu(), _uniform(ref_words[:2]))
+        torch.testing.assert_close(normals.cpu(), philox_randn(seed, offsets), rtol=RANDN_RTOL, atol=2e-6)
 
 
 def test_statistics_of_the_stream():

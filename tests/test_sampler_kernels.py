@@ -11,7 +11,7 @@ from dpir_fast.reference import (SamplerUpdate, ancestral_step_ref, ddim_step_re
                                  sampler_update_ref)
 from dpir_fast.schedule import Schedule
 
-from .conftest import assert_close_to_ref
+from .conftest import RANDN_RTOL, Z_MAX, assert_close_to_ref
 
 pytest.importorskip("triton")
 SCHEDULE = Schedule.linear()
@@ -53,11 +53,12 @@ def test_op_equals_its_reference(name, dtype, layout, device):
     assert out.dtype == torch.float32 and out.is_contiguous() and out.shape == x0.shape
     assert den.dtype == dtype and den.shape == (2, 4, 37, 53)
     assert den.is_contiguous(memory_format=torch.channels_last if layout == "nhwc" else torch.contiguous_format)
-    assert_close_to_ref(out, ref_out, truth_out, torch.float32)
-    assert_close_to_ref(den, ref_den, truth_den, dtype)
+    slack = Z_MAX * RANDN_RTOL   # z enters out as σ·z and den as σ·z/sqrt(ᾱ), both with a factor < 1 here
+    assert_close_to_ref(out, ref_out, truth_out, torch.float32, slack)
+    assert_close_to_ref(den, ref_den, truth_den, dtype, slack)
     level = den[:, 3].float()
     assert torch.all(level == level.flatten()[0])   # σ̃: constant (the interpreter truncates to bf16, CUDA rounds)
-    assert_close_to_ref(call(fast_op, x0, xt, SEEDS, backend="triton"), ref_out, truth_out, torch.float32)
+    assert_close_to_ref(call(fast_op, x0, xt, SEEDS, backend="triton"), ref_out, truth_out, torch.float32, slack)
 
 
 def test_last_steps_return_x0_hat(device):
@@ -74,7 +75,7 @@ def noise(device, seeds=(7,), step=3, shape=(1, 3, 128, 160), **kw):
 def test_in_kernel_noise_is_the_reference_stream_and_tiles_reproduce_it(device):
     whole = noise(device, (5, 6), 10, (2, 3, 37, 53))
     ref = draw_noise([5, 6], 10, (2, 3, 37, 53)).to(device)
-    torch.testing.assert_close(whole, ref, rtol=0, atol=2e-6)
+    torch.testing.assert_close(whole, ref, rtol=RANDN_RTOL, atol=2e-6)
     crop = noise(device, (5, 6), 10, (2, 3, 11, 20), full_size=(37, 53), origin=(20, 33))
     assert torch.equal(crop, whole[:, :, 20:31, 33:53])
     x0, xt = inputs(device, torch.float32, "nchw")
@@ -126,7 +127,7 @@ def test_per_image_noise_keys_and_buffers_written_in_place(device):
     out, d = ops.sampler_update(x0, x, update, [5, 6, 5], **place, den_dtype=torch.bfloat16,
                                 den_channels_last=True, backend="triton", out=x, den_out=den)
     assert out.data_ptr() == x.data_ptr() and d.data_ptr() == den.data_ptr()
-    torch.testing.assert_close(x, ref, rtol=0, atol=2e-6)
+    torch.testing.assert_close(x, ref, rtol=0, atol=2e-6 + 0.8 * Z_MAX * RANDN_RTOL)
     torch.testing.assert_close(den.float(), ref_den.float(), rtol=2 ** -6, atol=0)   # one bf16 step
     whole = draw_noise([5], 17, (1, 3, 37, 53))
     torch.testing.assert_close(ref[0], 0.6 * x0[0] + 0.3 * xt[0] + 0.8 * whole[0, :, 20:29, 33:47].to(device))

@@ -9,7 +9,8 @@ from dpir_fast import ops
 from dpir_fast.models.mirnet import SKFF
 from dpir_fast.reference import skff_ref
 
-from .conftest import as_layout, assert_close_to_ref, assert_cuda_graph_replays, op_cases, requires_cuda, requires_ext
+from .conftest import (as_layout, assert_close_to_ref, assert_cuda_graph_replays, nan_cases, op_cases, requires_cuda,
+                       requires_ext, with_nans)
 
 
 def make_case(B: int, C: int, H: int, W: int, seed: int = 0):
@@ -22,8 +23,8 @@ def make_case(B: int, C: int, H: int, W: int, seed: int = 0):
     return feats, w_down, torch.tensor([0.25]), w_up
 
 
-def check(shape, dtype, layout, device):
-    feats, w_down, prelu, w_up = make_case(*shape)
+def check(case, dtype, layout, device):
+    feats, w_down, prelu, w_up = case
     low = [as_layout(f.to(device, dtype), layout) for f in feats]
     weights = (w_down.to(device), prelu.to(device), [w.to(device) for w in w_up])
     fast = ops.skff(low, *weights, backend="ext")
@@ -36,7 +37,17 @@ def check(shape, dtype, layout, device):
 
 @op_cases
 def test_matches_reference(shape, dtype, layout, device):
-    check(shape, dtype, layout, device)
+    check(make_case(*shape), dtype, layout, device)
+
+
+@nan_cases
+def test_nan_propagates_as_in_the_reference(shape, dtype, layout, device):
+    """NaN in a stream makes its image's pooled mean, hence its softmax and all of its output, NaN."""
+    feats, *weights = make_case(*shape)
+    feats = [with_nans(f, seed, 1, [0]) for seed, f in enumerate(feats)]
+    nan = skff_ref(feats, *weights).isnan()
+    assert nan[0].all() and not nan[1:].any()
+    check((feats, *weights), dtype, layout, device)
 
 
 @requires_ext

@@ -16,7 +16,8 @@ def dau_tail_ref(r: torch.Tensor, x: torch.Tensor, w_sa: torch.Tensor, w_ca_down
 
     r (the DAU body's output), x (the DAU input) [B, C, H, W]; w_sa [1, 2, 5, 5] (spatial attention over
     [max_C r, mean_C r]); w_ca_down [C/8, C, 1, 1], w_ca_up [C, C/8, 1, 1] (channel attention); w_out [C, 2C, 1, 1].
-    Weights are cast to r's dtype, as a module converted to that dtype would hold them.
+    Weights are cast to r's dtype, as a module converted to that dtype would hold them. NaN propagates (amax and
+    relu keep it): a NaN in r makes its whole image NaN, a NaN in x only its own output; the fused op matches.
     """
     pooled = torch.cat([r.amax(1, keepdim=True), r.mean(1, keepdim=True)], 1)
     sa = r * torch.sigmoid(F.conv2d(pooled, w_sa.to(r.dtype), padding=2))

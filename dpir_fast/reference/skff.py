@@ -15,7 +15,8 @@ def skff_ref(feats: Sequence[torch.Tensor], w_down: torch.Tensor, prelu: torch.T
 
     feats: the streams [B, C, H, W] (3 in MIRNet); U = Σ feats, z = PReLU(W_down · mean_HW U) with
     w_down [d, C, 1, 1] and prelu [1] (or [d]); a = softmax over k of W_up[k] · z, w_up[k] [C, d, 1, 1].
-    Weights are cast to the features' dtype.
+    Weights are cast to the features' dtype. NaN propagates (softmax keeps it): a NaN in any stream makes its whole
+    image NaN; the fused op matches.
     """
     stacked = torch.stack(list(feats), 1)  # [B, K, C, H, W]
     dtype = stacked.dtype
