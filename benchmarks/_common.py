@@ -42,6 +42,21 @@ def time_ms(fn: Callable[[], object], device: torch.device | str, warmup: int = 
     return statistics.median(times), q[2] - q[0]
 
 
+def copy_bandwidth(device: torch.device | str) -> float:
+    """Device-to-device copy bandwidth in GB/s (read + write of a 256 MiB buffer), measured in the calling run: the
+    ceiling a memory-bound op's achieved GB/s is set against."""
+    src = torch.empty(64 * 2**20, device=device)
+    dst = torch.empty_like(src)
+    ms, _ = time_ms(lambda: dst.copy_(src), device, repeats=20)
+    return 2 * src.numel() * 4 / ms / 1e6
+
+
+def copy_row(benchmark: str, gbs: float) -> dict:
+    """The history.csv row of the copy bandwidth ``benchmark``'s GB/s were set against."""
+    return {"benchmark": benchmark, "case": "device-to-device copy 256 MiB", "backend": "torch", "metric": "GB/s",
+            "value": gbs}
+
+
 def _cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -61,11 +61,15 @@ def _deform_conv_flops(x, weight, *args, out_shape=None, **kwargs) -> int:
 
 
 def flop_counter() -> FlopCounterMode:
-    """FlopCounterMode with formulas for the CPU's SDPA kernel and torchvision's deformable convolution."""
-    import torchvision.ops  # noqa: F401  (registers torch.ops.torchvision)
-    return FlopCounterMode(display=False, custom_mapping={
-        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flops,
-        torch.ops.torchvision.deform_conv2d: _deform_conv_flops})
+    """FlopCounterMode with formulas for the CPU's SDPA kernel and torchvision's deformable convolution (when
+    torchvision is installed: only BSRT needs it)."""
+    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flops}
+    try:
+        import torchvision.ops  # noqa: F401  (registers torch.ops.torchvision)
+        mapping[torch.ops.torchvision.deform_conv2d] = _deform_conv_flops
+    except ImportError:
+        pass
+    return FlopCounterMode(display=False, custom_mapping=mapping)
 
 
 @torch.no_grad()

@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import append_history, print_table, time_ms  # noqa: E402
+from _common import append_history, copy_bandwidth, copy_row, print_table, time_ms  # noqa: E402
 
 from dpir_fast import ops  # noqa: E402
 from dpir_fast.models.mirnet import DAU  # noqa: E402
@@ -31,14 +31,6 @@ def parse(doc: str, repeats: int = 10) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=repeats)
     p.add_argument("--no-history", action="store_true", help="do not append to benchmarks/results/history.csv")
     return p.parse_args()
-
-
-def copy_bandwidth(device: torch.device) -> float:
-    """Measured device copy bandwidth in GB/s (read + write of a 256 MiB buffer)."""
-    src = torch.empty(64 * 2**20, device=device)
-    dst = torch.empty_like(src)
-    ms, _ = time_ms(lambda: dst.copy_(src), device, repeats=20)
-    return 2 * src.numel() * 4 / ms / 1e6
 
 
 def variants(device: torch.device) -> list[tuple[torch.dtype, torch.memory_format]]:
@@ -71,6 +63,8 @@ def run(name: str, cases: list[tuple[str, Callable, Callable, int]], args: argpa
                             "metric": "GB/s", "value": nbytes / fast_ms / 1e6})
         if not args.no_history:
             append_history(history, device)
+    if bandwidth and not args.no_history:
+        append_history([copy_row(name, bandwidth)], device)
     print(f"{name} on {device}" + (f" (copy bandwidth {bandwidth:.0f} GB/s)" if bandwidth else ""))
     print_table(rows, list(rows[0]))
     return rows

@@ -21,8 +21,8 @@ if not shutil.which("nvidia-smi"):
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import append_history, print_table, time_ms  # noqa: E402
-from bench_dau import copy_bandwidth, parse  # noqa: E402
+from _common import append_history, copy_bandwidth, copy_row, print_table, time_ms  # noqa: E402
+from bench_dau import parse  # noqa: E402
 
 from dpir_fast import ops  # noqa: E402
 from dpir_fast.schedule import Schedule  # noqa: E402
@@ -64,6 +64,8 @@ def compare(name: str, cases, args, unit: str, baseline: float | None = None, ta
     print(f"{name} on {torch.cuda.get_device_name(device)}"
           + (f" (copy bandwidth {baseline:.0f} GB/s)" if baseline else "") + (f"; target {target}" if target else ""))
     print_table(rows, list(rows[0]))
+    if baseline:
+        history.append(copy_row(name, baseline))
     if not args.no_history:
         append_history(history, device)
 

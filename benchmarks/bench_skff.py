@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from bench_dau import SHAPES, copy_bandwidth, parse, run, variants
+from _common import copy_bandwidth
+from bench_dau import SHAPES, parse, run, variants
 from dpir_fast import ops
 from dpir_fast.models.mirnet import SKFF
 

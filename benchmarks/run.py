@@ -34,13 +34,15 @@ Without a GPU, --device auto runs the CPU suite: deblur at 64×64 and sr4x (NFE 
 fast. --quick: tiny sizes, one repeat, the same networks (so the FLOP counts stay those of the real modules).
 Output: tables on stdout, progress on stderr, rows appended to benchmarks/results/history.csv (unless
 --no-history), a JSON file (default benchmarks/results/run_<task>_<device>.json) and with --plot a PNG of
-ms/image against --sizes.
+ms/image against --sizes. Ctrl-C or SIGTERM (a time limit) ends the run at once, the backend in progress marked
+"interrupted", and what was measured until then is still reported and written.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import re
+import signal
 import sys
 import time
 import traceback
@@ -59,7 +61,8 @@ from _telemetry import NvmlSampler, PeakMemory, peak_tflops  # noqa: E402
 from _workload import (COMPONENTS, EXT_COMPONENTS, FLOP_NOTES, TASKS, T, autocast, build_modules,  # noqa: E402
                        components, cost_split, make_backend, make_input)
 from dpir_fast import _backend  # noqa: E402
-from dpir_fast.cli import Progress, _device_arg  # noqa: E402
+from dpir_fast.cli import Progress  # noqa: E402
+from dpir_fast.cli_common import device_arg  # noqa: E402
 from dpir_fast.pipeline import DTYPES, PRESETS  # noqa: E402
 
 BACKENDS = ("reference", "compile", "fast")
@@ -104,7 +107,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--backends", type=_listed("backend", BACKENDS),
                    help="comma list of reference, compile, fast (default: all on GPU; reference,fast on CPU)")
     p.add_argument("--dtype", choices=sorted(DTYPES), help="networks' precision (default bf16 on GPU, fp32 on CPU)")
-    p.add_argument("--device", type=_device_arg, default="auto",
+    p.add_argument("--device", type=device_arg, default="auto",
                    help="auto (default: cuda if visible, else the CPU suite), cpu, cuda[:N]")
     p.add_argument("--repeats", type=_positive, help="timed calls per measurement (default 10 GPU, 3 CPU)")
     p.add_argument("--warmup", type=_positive,
@@ -257,6 +260,11 @@ def measure_task(task: str, args, peak: float, progress: Progress) -> dict:
         except Exception as err:  # noqa: BLE001 -- one backend failing (a compile error, OOM) must not lose the run
             results["backends"][name] = {"error": f"{type(err).__name__}: {err}"}
             progress.message(f"{task} {name}: failed:\n{traceback.format_exc()}")
+        except KeyboardInterrupt:   # Ctrl-C or SIGTERM (a time limit): report what was measured, run nothing more
+            results["backends"][name] = {"error": "interrupted"}
+            results["interrupted"] = True
+            progress.message(f"{task} {name}: interrupted; the results so far are reported")
+            break
     return results
 
 
@@ -274,7 +282,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     progress = Progress(len(args.sizes_by_task) * items)
     memory_kind = PeakMemory(args.device).kind
     peak = peak_tflops(args.device, DTYPES[args.dtype])
-    tasks = {task: measure_task(task, args, peak["tflops"], progress) for task in args.sizes_by_task}
+    tasks = {}
+    for task in args.sizes_by_task:
+        tasks[task] = measure_task(task, args, peak["tflops"], progress)
+        if tasks[task].get("interrupted"):
+            break
     progress.close()
     wall_s = time.perf_counter() - started
     record = machine_record(args.device)
@@ -299,4 +311,5 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, signal.default_int_handler)   # timeout(1) stops a run as Ctrl-C does
     raise SystemExit(main())

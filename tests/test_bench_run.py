@@ -1,5 +1,6 @@
 """benchmarks/run.py: a --quick run on the CPU (the JSON's structure; its FLOP counts equal FlopCounterMode run here
 on the same networks; total = x·NFE_s + y) and its usage errors (exit code 2, through ``dpir-fast bench``)."""
+import argparse
 import importlib.util
 import json
 import os
@@ -88,6 +89,30 @@ def test_count_flops_leaves_the_networks_usable(one_thread, monkeypatch):
         out = modules[0](torch.rand(1, 3, 8, 8))
     assert counts["ir"] == counter.get_total_flops() > _flops(lambda: modules[0](torch.rand(1, 3, 8, 8)))
     assert out.shape == (1, 3, 32, 32) and torch.isfinite(out).all()
+
+
+def test_an_interrupted_backend_keeps_what_was_measured(monkeypatch):
+    """Ctrl-C, or SIGTERM from a time limit (scripts/gpu_check.sh), during a backend: that backend is marked
+    interrupted, the next ones do not run, and the task's results so far are returned for the report."""
+    spec = importlib.util.spec_from_file_location("bench_run", RUN)
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+
+    def measure_backend(task, b, *args):
+        if b == "fast":
+            raise KeyboardInterrupt
+        return {"ran_as": b}
+
+    monkeypatch.setattr(run, "build_modules", lambda task: (torch.nn.Identity(),) * 3)
+    monkeypatch.setattr(run, "cost_split", lambda *args: {"x": 0, "y": 0})
+    monkeypatch.setattr(run, "make_input", lambda *args: torch.zeros(1, 3, 8, 8))
+    monkeypatch.setattr(run, "make_backend", lambda name, *args: name)
+    monkeypatch.setattr(run, "measure_backend", measure_backend)
+    args = argparse.Namespace(sizes_by_task={"deblur": (8, 8)}, device=torch.device("cpu"), batch=1, dtype="fp32",
+                              backends=["reference", "fast", "compile"])
+    result = run.measure_task("deblur", args, 1.0, cli.Progress(3, enabled=False))
+    assert result["backends"] == {"reference": {"ran_as": "reference"}, "fast": {"error": "interrupted"}}
+    assert result["interrupted"]
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -1,5 +1,6 @@
 """BSRT: official key layout (SpyNet from its own file), DCNv2 -> torchvision conversion, counts, determinism."""
 import math
+import sys
 
 import pytest
 import torch
@@ -157,6 +158,7 @@ def dcnv2_reference(x, weight, bias, offset, mask, groups):
 
 @pytest.mark.parametrize("flow_guided", [False, True])
 def test_dcn_conversion_matches_official_semantics(flow_guided):
+    pytest.importorskip("torchvision")
     g = torch.Generator().manual_seed(5)
     dcn = ModulatedDCN(16, 8, deformable_groups=4, flow_guided=flow_guided)
     with torch.no_grad():
@@ -189,6 +191,7 @@ def test_flow_warp_integer_shift():
 
 
 def test_forward_shapes_sizes_and_determinism():
+    pytest.importorskip("torchvision")
     model = tiny_bsrt().eval()
     model.load_state_dict(official_state(seed=2))
     burst = torch.rand(1, 2, 4, 10, 12, generator=torch.Generator().manual_seed(0))  # padded to 12 x 12 inside
@@ -197,3 +200,10 @@ def test_forward_shapes_sizes_and_determinism():
     assert a.shape == (1, 3, 80, 96) and torch.equal(a, b) and torch.isfinite(a).all()
     with pytest.raises(ValueError, match="burst"):
         model(torch.rand(1, 3, 4, 8, 8))
+
+
+def test_without_torchvision_the_error_names_the_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchvision.ops", None)   # what a missing torchvision raises: ImportError
+    x = torch.rand(1, 8, 5, 5)
+    with pytest.raises(ImportError, match=r"need torchvision: pip install torchvision .*dpir_fast\[burst\]"):
+        ModulatedDCN(8, 8, deformable_groups=2)(x, x)

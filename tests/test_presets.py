@@ -31,6 +31,7 @@ def deblur():
 
 @pytest.fixture(scope="module")
 def burst():
+    pytest.importorskip("torchvision")   # BSRT's deformable convolution
     return _pipeline("burst")
 
 

@@ -8,7 +8,8 @@ PCD alignment with modulated deformable convolutions; 1×1 fusion of the frames;
 ×2 upsamplers. The Swin blocks and RSTBs are those of :mod:`.swinir`, whose keys are BSRT's.
 
 Deformable convolutions run through ``torchvision.ops.deform_conv2d`` in float32 (the official DCNv2
-extension casts its inputs to float32 too). See :func:`dcnv2_offset_mask` for the layout conversion.
+extension casts its inputs to float32 too); torchvision (the ``burst`` extra) is imported only when they run.
+See :func:`dcnv2_offset_mask` for the layout conversion.
 
 Input: ``[B, N, 4, h, w]`` packed RGGB RAW in [0, 1] (N = ``nframes``, frame 0 the base frame); output
 ``[B, 3, 8h, 8w]`` linear camera RGB (the space of the synthetic-burst ground truth), unclamped. Size
@@ -23,6 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..checkpoint_io import extract_state_dict, load_checkpoint, read_checkpoint
 from ._common import crop_to, pad_to_multiple
 from .spynet import SpyNet, flow_warp
 from .swinir import RSTB, PatchEmbed, SwinTransformerBlock, _init_weights, _layer_norm, shifted_window_mask
@@ -40,6 +42,16 @@ def dcnv2_offset_mask(out: torch.Tensor, points: int) -> tuple[torch.Tensor, tor
     offset convolution load as they are. ``points`` = G·K. Returns offset [B, 2GK, H, W], mask [B, GK, H, W].
     """
     return out[:, : 2 * points], out[:, 2 * points: 3 * points]
+
+
+def _deform_conv2d():
+    """``torchvision.ops.deform_conv2d``, imported on first use: BSRT is the only user of torchvision."""
+    try:
+        from torchvision.ops import deform_conv2d
+    except ImportError as err:
+        raise ImportError("BSRT's deformable convolutions need torchvision: pip install torchvision (the release "
+                          "built for your torch), or the dpir_fast[burst] extra") from err
+    return deform_conv2d
 
 
 class ModulatedDCN(nn.Module):
@@ -61,8 +73,7 @@ class ModulatedDCN(nn.Module):
 
     def forward(self, x: torch.Tensor, fea: torch.Tensor, flow: torch.Tensor | None = None) -> torch.Tensor:
         """x [B, C, H, W] sampled; fea [B, C, H, W] gives offsets/masks; flow [B, 2, H, W] (Δx, Δy)."""
-        from torchvision.ops import deform_conv2d  # imported here: `import dpir_fast` stays light
-
+        deform_conv2d = _deform_conv2d()
         offset, mask = dcnv2_offset_mask(self.conv_offset_mask(fea), self.points)
         with torch.autocast(x.device.type, enabled=False):
             offset, mask = offset.float(), torch.sigmoid(mask.float())
@@ -290,12 +301,11 @@ def load_bsrt_checkpoint(model: BSRT, path_or_dict, spynet_path=None, strict: bo
     SpyNet weights missing from the file are taken from ``spynet_path`` (a SpyNet file, e.g.
     ``spynet_sintel_final-3d2a1287.pth``); the file's own ``spynet.*`` weights win, as in the official code,
     which loads SpyNet first and the BSRT file over it. The DCN weights need no change (see
-    :func:`dcnv2_offset_mask`). Raises :class:`~dpir_fast.checkpoints.CheckpointError` on mismatches.
+    :func:`dcnv2_offset_mask`). Raises :class:`~dpir_fast.checkpoint_io.CheckpointError` on mismatches.
     """
-    from ..checkpoints import _read, extract_state_dict, load_checkpoint
-    state = extract_state_dict(_read(path_or_dict))
+    state = extract_state_dict(read_checkpoint(path_or_dict))
     spy = {"spynet." + k: v for k, v in model.spynet.state_dict().items() if k in ("mean", "std")}
     if spynet_path is not None:
-        spy.update({"spynet." + k: v for k, v in extract_state_dict(_read(spynet_path)).items()})
+        spy.update({"spynet." + k: v for k, v in extract_state_dict(read_checkpoint(spynet_path)).items()})
     state = {**spy, **state}
     return load_checkpoint(model, {"state_dict": state}, strict=strict)
