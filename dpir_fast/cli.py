@@ -24,7 +24,9 @@ from pathlib import Path
 
 import torch
 
+from .cli_common import UsageError, device_arg, resolve_device, torchrun_shard
 from .data.images import ImageReadError, find_images, output_suffix, read_image, write_image
+from .pretrained import checkpoint_path
 
 IO_RULES = """\
 image rules:
@@ -45,10 +47,6 @@ image rules:
     packed planes. Integer samples are divided by --white-level (default the format's maximum, 65535 for 16
     bits; SyntheticBurst files need 16384), float arrays taken as [0, 1]. The burst's output is
     OUTDIR/<folder>.png, 16-bit, in sRGB through the default camera (dpir_fast.data.DEFAULT_CAMERA)."""
-
-
-class UsageError(Exception):
-    """An expected error that ends the command with exit code 2 and a message, no traceback."""
 
 
 # 1. Progress over files ------------------------------------------------------------------------------------------
@@ -232,28 +230,6 @@ def _reason(err: BaseException, pipe) -> str:
     return f"{type(err).__name__}: {err}"
 
 
-def torchrun_shard() -> tuple[int, int, int]:
-    """(rank, world, local_rank) under torchrun (its RANK/WORLD_SIZE/LOCAL_RANK), else (0, 1, 0)."""
-    env = os.environ
-    return int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0))
-
-
-def _device(name: str) -> str:
-    rank, world, local = torchrun_shard()
-    if world > 1 and name in ("auto", "cuda") and torch.cuda.is_available():
-        name = f"cuda:{local % torch.cuda.device_count()}"  # one GPU per process
-        torch.cuda.set_device(name)   # kernels and graphs that follow the current device use this one
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {name}: CUDA is not available here; use --device cpu")
-        index = int(name.partition(":")[2] or 0)
-        if index >= torch.cuda.device_count():
-            raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
-    return name
-
-
 def _load_pipeline(checkpoint: Path, device: str, task: str | None, tau: int | None):
     """The DPIR pipeline of a checkpoint file on `device` (a seam for tests)."""
     from .pipeline import DPIR
@@ -291,11 +267,12 @@ def cmd_restore(args: argparse.Namespace) -> int:
         print(f"ignored (not an image suffix): {path}", file=sys.stderr)
     if not inputs:
         raise UsageError("no input images found in " + ", ".join(map(str, args.inputs)))
-    if not args.checkpoint.is_file():
-        raise UsageError(f"checkpoint {args.checkpoint} does not exist; pass the .pt file written by "
-                         "dpir_fast.save_checkpoint with --checkpoint")
     try:
-        pipe = _load_pipeline(args.checkpoint, _device(args.device), args.task, args.tau)
+        checkpoint = checkpoint_path(args.checkpoint)
+    except FileNotFoundError as err:
+        raise UsageError(str(err)) from None
+    try:
+        pipe = _load_pipeline(checkpoint, resolve_device(args.device), args.task, args.tau)
     except (ValueError, OSError) as err:  # CheckpointError is a ValueError
         raise UsageError(f"cannot load {args.checkpoint}: {err}") from None
     pipe.configure(dtype=args.dtype, tile=args.tile, tile_overlap=args.tile_overlap, batch_size=args.batch_size)
@@ -388,12 +365,6 @@ def cmd_bench(argv: list[str]) -> int:
 
 
 # 5. Parser and entry point ---------------------------------------------------------------------------------------
-def _device_arg(text: str) -> str:
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", text):
-        raise argparse.ArgumentTypeError(f"{text!r}: use auto, cpu, cuda or cuda:N")
-    return text
-
-
 def _non_negative(text: str) -> int:
     try:
         value = int(text)
@@ -421,12 +392,12 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=IO_RULES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR", help="output folder (created)")
-    p.add_argument("--checkpoint", type=Path, required=True, metavar="FILE",
-                   help="pipeline file written by dpir_fast.save_checkpoint")
+    p.add_argument("--checkpoint", required=True, metavar="FILE|NAME",
+                   help="pipeline file written by dpir_fast.save_checkpoint, or a shipped pipeline (demo-sr4x)")
     p.add_argument("--task", choices=["sr4x", "deblur", "burst"], help="use this task's sampler preset (tau, tail)")
     p.add_argument("--tau", type=_positive, help="number of diffusion steps run by the networks (overrides)")
     p.add_argument("--seed", type=int, default=0, help="noise seed, the same for every image (default 0)")
-    p.add_argument("--device", type=_device_arg, default="auto", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--device", type=device_arg, default="auto", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], help="network precision (default bf16 on CUDA, "
                    "fp32 on CPU)")
     p.add_argument("--tile", type=_positive, metavar="N", help="tile side in output pixels (default: as large as "

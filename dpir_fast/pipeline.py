@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 
 from . import _backend, tiling
+from .checkpoints import FORMAT, VERSION, CheckpointError, build_model, model_record, read_checkpoint
 from .engine import GRAPH_MODES, Engine, Plan, versions
 from .models._common import crop_to, pad_to_multiple
 from .reference.sampler import STARTS, TAILS, dpir_sample_ref, sample_timesteps
@@ -135,11 +136,12 @@ class DPIR(nn.Module):
         return cls(ir, denoiser, fusion, **{**PRESETS[task], **overrides})
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device=None, task: str | None = None,
+    def from_checkpoint(cls, path: str | Path | dict, device=None, task: str | None = None,
                         tau: int | None = None) -> "DPIR":
-        """Rebuild a pipeline saved by :func:`dpir_fast.save_checkpoint`; task/tau override its sampler."""
-        from .checkpoints import load_pipeline
-        pipe = load_pipeline(path)
+        """Rebuild a pipeline saved by :func:`dpir_fast.save_checkpoint` (a file, or the name of a shipped
+        pipeline: :meth:`from_pretrained`); task/tau override its sampler."""
+        from .pretrained import checkpoint_path
+        pipe = load_pipeline(path if isinstance(path, dict) else checkpoint_path(path))
         if task is not None:
             if task not in PRESETS:
                 raise ValueError(f"task must be one of {sorted(PRESETS)}, got {task!r}")
@@ -147,6 +149,12 @@ class DPIR(nn.Module):
         if tau is not None:
             pipe.configure(tau=tau)
         return pipe.to(device) if device is not None else pipe
+
+    def pipeline_record(self) -> dict:
+        """What :func:`~dpir_fast.save_checkpoint` writes: the sampler settings, the schedule and each network's
+        architecture, config and weights."""
+        return {"pipeline": {k: self.settings[k] for k in SAMPLER_SETTINGS}, "schedule": self.schedule.config(),
+                **{part: model_record(getattr(self, part)) for part in ("ir", "denoiser", "fusion")}}
 
     @classmethod
     def from_pretrained(cls, name: str = "demo-sr4x", device=None) -> "DPIR":
@@ -412,3 +420,17 @@ def _tile_setting(tile):
     if len(sides) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in sides):
         raise ValueError(f"tile must be None (automatic), a side in output pixels or (h, w), got {tile!r}")
     return sides
+
+
+def load_pipeline(path_or_dict) -> DPIR:
+    """The :class:`DPIR` saved in one file (or its dict) by :func:`~dpir_fast.save_checkpoint`."""
+    obj = read_checkpoint(path_or_dict)
+    if obj.get("format") != FORMAT or "pipeline" not in obj:
+        what = f"a single {obj['arch']}" if "arch" in obj else "no dpir_fast pipeline"
+        raise CheckpointError(f"this file holds {what}; a pipeline file is written by "
+                              "dpir_fast.save_checkpoint(pipe, path) for a DPIR pipeline")
+    if obj.get("version", 0) > VERSION:
+        raise CheckpointError(f"the file has format version {obj['version']}, newer than this dpir_fast "
+                              f"reads ({VERSION}); upgrade dpir_fast")
+    parts = {part: build_model(obj[part]) for part in ("ir", "denoiser", "fusion")}
+    return DPIR(**parts, schedule=Schedule.from_config(obj["schedule"]), **obj["pipeline"])

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from dpir_fast import cli
+from dpir_fast.cli_common import resolve_device
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -149,7 +150,7 @@ def test_usage_errors_exit_2(fake, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     cases = [
         (["restore", str(tmp_path / "in"), "-o", str(tmp_path / "o"), "--checkpoint", str(tmp_path / "no.pt")],
-         "does not exist"),
+         "neither a file nor a shipped pipeline"),
         (["restore", str(tmp_path / "empty"), "-o", str(tmp_path / "o"), "--checkpoint", str(tmp_path / "model.pt")],
          "no input images"),
         (["restore", str(tmp_path / "nope.png"), "-o", str(tmp_path / "o"), "--checkpoint", "x"], "no such file"),
@@ -230,6 +231,6 @@ def test_each_torchrun_process_makes_its_gpu_the_current_device(monkeypatch):
     monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("LOCAL_RANK", "3")
-    assert cli._device("auto") == "cuda:1" and chosen == ["cuda:1"]
+    assert resolve_device("auto") == "cuda:1" and chosen == ["cuda:1"]
     monkeypatch.setenv("WORLD_SIZE", "1")
-    assert cli._device("cpu") == "cpu" and chosen == ["cuda:1"]
+    assert resolve_device("cpu") == "cpu" and chosen == ["cuda:1"]

@@ -13,6 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..checkpoint_io import extract_state_dict, load_checkpoint, read_checkpoint
+
 LEVELS = 6
 
 
@@ -95,7 +97,6 @@ class SpyNet(nn.Module):
 
     def load_pretrained(self, path_or_dict) -> "SpyNet":
         """Load a SpyNet file ({"params": ...} or raw); the mean/std buffers are constants, kept."""
-        from ..checkpoints import _read, extract_state_dict, load_checkpoint
-        state = extract_state_dict(_read(path_or_dict))
+        state = extract_state_dict(read_checkpoint(path_or_dict))
         state = {**{k: v for k, v in self.state_dict().items() if k in ("mean", "std")}, **state}
         return load_checkpoint(self, {"state_dict": state})

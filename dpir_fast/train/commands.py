@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoints import CheckpointError, _read, build_model, load_checkpoint, save_checkpoint
+from ..checkpoints import CheckpointError, build_model, load_checkpoint, read_checkpoint, save_checkpoint
 from ..data.datasets import DatasetError, ImageFolder
 from ..pipeline import PRESETS
 from .common import Processes, TrainError, start_processes, stop_processes
@@ -105,7 +105,7 @@ def _resumed_model(args):
 
 
 def _run(args, build, finish=None) -> int:
-    from ..cli import UsageError
+    from ..cli_common import UsageError
     try:
         procs = start_processes(args.device)
         torch.manual_seed(args.seed)
@@ -143,7 +143,7 @@ def load_network(path: Path, part: str, arch: str | None) -> torch.nn.Module:
     from .. import models
     if not Path(path).is_file():
         raise TrainError(f"{part} checkpoint {path} does not exist")
-    obj = _read(path)
+    obj = read_checkpoint(path)
     if isinstance(obj, dict) and isinstance(obj.get(part), dict) and "arch" in obj[part]:
         return build_model(obj[part])
     if isinstance(obj, dict) and "arch" in obj and "config" in obj:

@@ -17,7 +17,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from ..checkpoints import _model_record, atomic_save, save_checkpoint
+from ..checkpoints import atomic_save, model_record, save_checkpoint
 from ..data.datasets import StepBatches
 from .common import EMA, CsvLog, Processes, ProgressLine, StepRandom, TrainError, rng_states, set_rng_states
 
@@ -57,7 +57,7 @@ def _autocast(precision: str, device: torch.device):
 def save_state(path: Path, task, cfg: TrainConfig, step: int, opt, sched, ema: EMA | None, world: int) -> None:
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
     atomic_save({"format": STATE_FORMAT, "version": 1, "kind": task.name, "task": task.record(),
-                  "config": config, "model": _model_record(task.model), "optimizer": opt.state_dict(),
+                  "config": config, "model": model_record(task.model), "optimizer": opt.state_dict(),
                   "scheduler": sched.state_dict(), "ema": ema.shadow if ema else None, "step": step,
                   "world": world, "rng": rng_states()}, path)
 
