@@ -37,8 +37,11 @@ if [[ -z $ARCH ]]; then
     (( DRY )) || echo "gpu_check: torch ($PY) sees no CUDA device: printing the steps only"
     DRY=1 ARCH=MAJOR.MINOR   # GPU 0's compute capability
 fi
-NO_SANITIZER=""
+NO_SANITIZER="" NO_PYTEST=""
 command -v compute-sanitizer > /dev/null || NO_SANITIZER="compute-sanitizer is not on PATH; the CUDA toolkit has it"
+"$PY" -c 'import pytest' 2> /dev/null ||
+    NO_PYTEST="pytest is not importable by $PY; put it (pure Python: pytest, pluggy, iniconfig) on PYTHONPATH"
+NO_SANITIZER=${NO_SANITIZER:-$NO_PYTEST}
 
 if (( DRY )); then
     echo "gpu_check dry run: OUTDIR $OUT; stage, step, budget (s), command"
@@ -101,7 +104,7 @@ step "0 build" "build record" 10 build.log "$PY" -m dpir_fast.cli info
 (( DRY )) || sed -n '/^#### gpu_check 0 build \/ build record/,$p' "$OUT/build.log" | tail -n +2
 
 # 1. Every test of the suite that runs on the GPU (the `cuda` mark, tests/conftest.py).
-step "1 tests" "pytest -m cuda" 80 tests.log "$PY" -m pytest -v -rfE -m cuda tests/
+SKIP=$NO_PYTEST step "1 tests" "pytest -m cuda" 80 tests.log "$PY" -m pytest -v -rfE -m cuda tests/
 
 # 2. compute-sanitizer over the extension's and the Triton kernels' CUDA tests; exact allocations for memcheck.
 SKIP=$NO_SANITIZER step "2 sanitizer" memcheck 40 tests.log env PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
