@@ -11,6 +11,8 @@ Stages (``--stage``, ``all`` runs them in order; each resumes where it stopped):
   tune      τ chosen on the val split (centre crops), never on test
   export    the fp16 pipeline file into dpir_fast/pretrained/
   eval      bicubic / IR net / DP-IR on val and test, WORK/eval.json (the numbers of MODEL_CARD.md)
+  deblur-ir the deblurring IR net (CompactUNet) on the camera-shake generator (dpir_fast.data.blur) with a
+            little noise, for the coming demo-deblur pipeline (it reuses this denoiser); not part of ``all``
 Training runs under bf16 autocast with channels_last tensors where the CPU has native bf16 (fp32 master
 weights), fp32 elsewhere. Every stage is seeded.
 """
@@ -37,22 +39,25 @@ from dpir_fast.checkpoints import build_model  # noqa: E402
 from dpir_fast.data.datasets import ImageFolder, center_crops  # noqa: E402
 from dpir_fast.data.degrade import bicubic_downsample, imresize  # noqa: E402
 from dpir_fast.metrics import psnr, ssim  # noqa: E402
-from dpir_fast.models import CompactSR, FusionNet, MIRNet  # noqa: E402
+from dpir_fast.models import CompactSR, CompactUNet, FusionNet, MIRNet  # noqa: E402
 from dpir_fast.train import DenoiserTask, FusionTask, IRTask, Processes, TrainConfig, fit  # noqa: E402
 
 PRETRAINED = REPO / "dpir_fast" / "pretrained"
 IR_CONFIG = dict(n_feat=64, n_blocks=10, scale=4)
 DENOISER_CONFIG = dict(in_channels=4, out_channels=3, n_feat=32, n_rrg=1, n_msrb=1, height=3, width=2)
 FUSION_CONFIG = dict(n_feat=32, growth=16, time_dim=32, time_hidden=32)
+UNET_CONFIG = dict(n_feat=32, mults=[1, 2, 3, 4], blocks=1)
 T_MAX = 25                 # fusion trained on t ~ U{1..T_MAX}; τ is chosen among TAUS ≤ T_MAX
 SIGMA_MAX = 25 / 255       # the denoiser's noise range: σ̃(t) ≤ 23.5/255 for t ≤ 25
 TAUS = (1, 2, 3, 5, 10, 15, 25)
 EVAL_CROP = 256            # HR centre crops for tune and eval (LR 64×64)
+SMOOTH_DB = 40.0           # a crop is "smooth" when bicubic upsampling already reaches this PSNR
 RECIPES = {  # steps, global batch, HR crop, Adam lr, staircase decay, decay every
     "ir": dict(steps=6000, batch=16, crop=192, lr=5e-4, lr_decay=0.5, lr_every=2000, loss="l1"),
     "ir_mse": dict(steps=1000, batch=16, crop=192, lr=5e-5, lr_decay=0.5, lr_every=500, loss="mse"),
     "denoiser": dict(steps=4000, batch=8, crop=64, lr=4e-4, lr_decay=0.5, lr_every=1500),
     "fusion": dict(steps=2000, batch=8, crop=64, lr=5e-4, lr_decay=0.5, lr_every=700),
+    "deblur_ir": dict(steps=30000, batch=8, crop=128, lr=5e-4, lr_decay=0.5, lr_every=8000, loss="l1"),
 }
 
 
@@ -88,6 +93,9 @@ def stage_train(work: Path, name: str) -> None:
             model.load_state_dict(_load(work / "ir" / "model.pt").state_dict())
         task = IRTask("sr4x", model.to(memory_format=torch.channels_last), data, r["crop"], val=val,
                       loss=r["loss"])
+    elif name == "deblur_ir":
+        task = IRTask("deblur", CompactUNet(**UNET_CONFIG).to(memory_format=torch.channels_last), data, r["crop"],
+                      val=val, loss=r["loss"])
     elif name == "denoiser":
         task = DenoiserTask(MIRNet(**DENOISER_CONFIG).to(memory_format=torch.channels_last), data, r["crop"],
                             sigma_max=SIGMA_MAX, val=val, val_crop=128, val_sigmas=(5, 10, 25))
@@ -157,15 +165,42 @@ def stage_eval(work: Path, seed: int = 0) -> dict:
                 k: {"psnr": float(psnr(v[i:i + 1], x0[i:i + 1])), "psnr_y": float(psnr(v[i:i + 1], x0[i:i + 1], 4, True)),
                     "ssim_y": float(ssim(v[i:i + 1], x0[i:i + 1], 4, True))} for k, v in outs.items()}
     (work / "eval.json").write_text(json.dumps(rows, indent=1))
-    print(json.dumps(rows, indent=1))
+    (work / "eval.md").write_text(summary(rows))
+    print(summary(rows))
     return rows
+
+
+def summary(rows: dict) -> str:
+    """A markdown table per split and kind (smooth: bicubic ≥ SMOOTH_DB; textured: below) of mean PSNR/SSIM
+    and the gains over bicubic, then one line per image."""
+    lines = ["| split | kind | images | bicubic PSNR | IR PSNR (gain) | DP-IR PSNR (gain) | IR / DP-IR below bicubic "
+             "| PSNR-Y bicubic / IR / DP-IR | SSIM-Y bicubic / IR / DP-IR |", "|" + " --- |" * 9]
+    for split in ("val", "test"):
+        for kind in ("textured", "smooth"):
+            group = [r for k, r in rows.items() if k.startswith(split + "/")
+                     and (r["bicubic"]["psnr"] >= SMOOTH_DB) == (kind == "smooth")]
+            if not group:
+                continue
+            mean = {m: {k: sum(r[m][k] for r in group) / len(group) for k in ("psnr", "psnr_y", "ssim_y")}
+                    for m in ("bicubic", "ir", "dpir")}
+            gain = {m: mean[m]["psnr"] - mean["bicubic"]["psnr"] for m in ("ir", "dpir")}
+            below = [sum(r[m]["psnr"] < r["bicubic"]["psnr"] for r in group) for m in ("ir", "dpir")]
+            lines.append(f"| {split} | {kind} | {len(group)} | {mean['bicubic']['psnr']:.2f} | "
+                         f"{mean['ir']['psnr']:.2f} ({gain['ir']:+.2f}) | {mean['dpir']['psnr']:.2f} "
+                         f"({gain['dpir']:+.2f}) | {below[0]} / {below[1]} | "
+                         + " / ".join(f"{mean[m]['psnr_y']:.2f}" for m in ("bicubic", "ir", "dpir")) + " | "
+                         + " / ".join(f"{mean[m]['ssim_y']:.4f}" for m in ("bicubic", "ir", "dpir")) + " |")
+    lines += ["", "| image | bicubic | IR net | DP-IR |", "| --- | --- | --- | --- |"]
+    lines += [f"| {k} | {r['bicubic']['psnr']:.2f} | {r['ir']['psnr']:.2f} | {r['dpir']['psnr']:.2f} |"
+              for k, r in rows.items()]
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "demo")
     parser.add_argument("--stage", default="all",
-                        choices=["all", "data", "ir", "denoiser", "fusion", "tune", "export", "eval"])
+                        choices=["all", "data", "ir", "denoiser", "fusion", "tune", "export", "eval", "deblur-ir"])
     args = parser.parse_args()
     work = args.work.resolve()
     if args.stage in ("data", "all") and not (work / "data" / "manifest.json").exists():
@@ -178,8 +213,8 @@ def main() -> None:
     elif args.stage == "ir":
         stage_train(work, "ir")
         stage_train(work, "ir_mse")
-    elif args.stage == "denoiser":
-        stage_train(work, "denoiser")
+    elif args.stage in ("denoiser", "deblur-ir"):
+        stage_train(work, args.stage.replace("-", "_"))
     for stage, run in (("fusion", lambda: stage_train(work, "fusion")), ("tune", lambda: stage_tune(work)),
                        ("export", lambda: stage_export(work)), ("eval", lambda: stage_eval(work))):
         if args.stage in (stage, "all"):

@@ -25,6 +25,7 @@ from ..schedule import Schedule
 from .common import StepRandom, TrainError
 
 TASKS = tuple(PRESETS)
+DEBLUR_NOISE = 2 / 255   # the deblurring inputs' noise: σ up to this, as a camera's at base ISO
 
 
 def _generator(seed: int, crop_id: int) -> torch.Generator:
@@ -33,13 +34,18 @@ def _generator(seed: int, crop_id: int) -> torch.Generator:
 
 def degrade_image(task: str, x0: torch.Tensor, ids: torch.Tensor, seed: int) -> torch.Tensor:
     """The IR net's input y for sr4x (MATLAB bicubic ×4, rounded to 8 bits) and deblur (a random camera-shake
-    kernel per crop, keyed by (seed, crop id)): x0 [B, 3, H, W] → y [B, 3, h, w]."""
+    kernel per crop and Gaussian noise of σ ~ U[0, DEBLUR_NOISE], keyed by (seed, crop id)):
+    x0 [B, 3, H, W] → y [B, 3, h, w]."""
     if task == "sr4x":
         return bicubic_downsample(x0, 4)
     if task == "deblur":
         size = min(31, min(x0.shape[-2:]) // 2 * 2 - 1)
-        return torch.cat([motion_blur(x0[i:i + 1], size, generator=_generator(seed, int(c)))[0]
-                          for i, c in enumerate(ids.tolist())])
+        blurred = []
+        for i, c in enumerate(ids.tolist()):
+            g = _generator(seed, int(c))
+            sigma = DEBLUR_NOISE * float(torch.rand(1, generator=g))
+            blurred.append(motion_blur(x0[i:i + 1], size, sigma, generator=g)[0])
+        return torch.cat(blurred)
     raise TrainError(f"task must be sr4x or deblur for a single-image degradation, got {task!r}")
 
 
