@@ -5,7 +5,7 @@
 
 Stages (``--stage``, ``all`` runs them in order; each resumes where it stopped):
   data      the images (scripts/demo_data.py: skimage photos, Debian wallpapers, dead leaves; train/val/test)
-  ir        CompactSR ×4, L1 then an MSE fine-tuning phase   } side by side,
+  ir        CompactSR ×4, L1 loss                           } side by side,
   denoiser  a narrow MIRNet on [x̃, σ̃]                       } one thread each
   fusion    FusionNet, IR net and denoiser frozen
   tune      τ chosen on the val split (centre crops), never on test
@@ -54,7 +54,6 @@ EVAL_CROP = 256            # HR centre crops for tune and eval (LR 64×64)
 SMOOTH_DB = 40.0           # a crop is "smooth" when bicubic upsampling already reaches this PSNR
 RECIPES = {  # steps, global batch, HR crop, Adam lr, staircase decay, decay every
     "ir": dict(steps=6000, batch=16, crop=192, lr=5e-4, lr_decay=0.5, lr_every=2000, loss="l1"),
-    "ir_mse": dict(steps=1000, batch=16, crop=192, lr=5e-5, lr_decay=0.5, lr_every=500, loss="mse"),
     "denoiser": dict(steps=4000, batch=8, crop=64, lr=4e-4, lr_decay=0.5, lr_every=1500),
     "fusion": dict(steps=2000, batch=8, crop=64, lr=5e-4, lr_decay=0.5, lr_every=700),
     "deblur_ir": dict(steps=30000, batch=8, crop=128, lr=5e-4, lr_decay=0.5, lr_every=8000, loss="l1"),
@@ -87,12 +86,9 @@ def stage_train(work: Path, name: str) -> None:
     torch.manual_seed(0)
     r = RECIPES[name]
     data, val = _folders(work, r["crop"])
-    if name in ("ir", "ir_mse"):
-        model = CompactSR(**IR_CONFIG)
-        if name == "ir_mse" and not (work / name / "last.pt").exists():
-            model.load_state_dict(_load(work / "ir" / "model.pt").state_dict())
-        task = IRTask("sr4x", model.to(memory_format=torch.channels_last), data, r["crop"], val=val,
-                      loss=r["loss"])
+    if name == "ir":
+        task = IRTask("sr4x", CompactSR(**IR_CONFIG).to(memory_format=torch.channels_last), data, r["crop"],
+                      val=val, loss=r["loss"])
     elif name == "deblur_ir":
         task = IRTask("deblur", CompactUNet(**UNET_CONFIG).to(memory_format=torch.channels_last), data, r["crop"],
                       val=val, loss=r["loss"])
@@ -100,7 +96,7 @@ def stage_train(work: Path, name: str) -> None:
         task = DenoiserTask(MIRNet(**DENOISER_CONFIG).to(memory_format=torch.channels_last), data, r["crop"],
                             sigma_max=SIGMA_MAX, val=val, val_crop=128, val_sigmas=(5, 10, 25))
     else:
-        ir, den = _load(work / "ir_mse" / "model.pt"), _load(work / "denoiser" / "model.pt")
+        ir, den = _load(work / "ir" / "model.pt"), _load(work / "denoiser" / "model.pt")
         fusion = FusionNet(**FUSION_CONFIG)
         torch.nn.init.zeros_(fusion.conv_out.weight)  # start from the IR estimate (residual="ir")
         torch.nn.init.zeros_(fusion.conv_out.bias)
@@ -112,7 +108,7 @@ def stage_train(work: Path, name: str) -> None:
 
 
 def _pipeline(work: Path, **sampler) -> DPIR:
-    parts = (_load(work / p / "model.pt") for p in ("ir_mse", "denoiser", "fusion"))
+    parts = (_load(work / p / "model.pt") for p in ("ir", "denoiser", "fusion"))
     return DPIR(*parts, **sampler)
 
 
@@ -210,10 +206,7 @@ def main() -> None:
                  for stage in ("ir", "denoiser")]
         if any(p.wait() for p in procs):
             sys.exit("a training stage failed")
-    elif args.stage == "ir":
-        stage_train(work, "ir")
-        stage_train(work, "ir_mse")
-    elif args.stage in ("denoiser", "deblur-ir"):
+    elif args.stage in ("ir", "denoiser", "deblur-ir"):
         stage_train(work, args.stage.replace("-", "_"))
     for stage, run in (("fusion", lambda: stage_train(work, "fusion")), ("tune", lambda: stage_tune(work)),
                        ("export", lambda: stage_export(work)), ("eval", lambda: stage_eval(work))):
