@@ -49,13 +49,13 @@ FUSION_CONFIG = dict(n_feat=32, growth=16, time_dim=32, time_hidden=32)
 UNET_CONFIG = dict(n_feat=32, mults=[1, 2, 3, 4], blocks=1)
 T_MAX = 25                 # fusion trained on t ~ U{1..T_MAX}; τ is chosen among TAUS ≤ T_MAX
 SIGMA_MAX = 25 / 255       # the denoiser's noise range: σ̃(t) ≤ 23.5/255 for t ≤ 25
-TAUS = (1, 2, 3, 5, 10, 15, 25)
+TAUS = (1, 2, 3, 5, 10)
 EVAL_CROP = 256            # HR centre crops for tune and eval (LR 64×64)
 SMOOTH_DB = 40.0           # a crop is "smooth" when bicubic upsampling already reaches this PSNR
 RECIPES = {  # steps, global batch, HR crop, Adam lr, staircase decay, decay every
     "ir": dict(steps=6000, batch=16, crop=192, lr=5e-4, lr_decay=0.5, lr_every=2000, loss="l1"),
     "denoiser": dict(steps=4000, batch=8, crop=64, lr=4e-4, lr_decay=0.5, lr_every=1500),
-    "fusion": dict(steps=2000, batch=8, crop=64, lr=5e-4, lr_decay=0.5, lr_every=700),
+    "fusion": dict(steps=2000, batch=8, crop=64, lr=5e-4, lr_decay=0.5, lr_every=700, ir_anchor=1.0),
     "deblur_ir": dict(steps=30000, batch=8, crop=128, lr=5e-4, lr_decay=0.5, lr_every=8000, loss="l1"),
 }
 
@@ -101,7 +101,7 @@ def stage_train(work: Path, name: str) -> None:
         torch.nn.init.zeros_(fusion.conv_out.weight)  # start from the IR estimate (residual="ir")
         torch.nn.init.zeros_(fusion.conv_out.bias)
         task = FusionTask("sr4x", fusion.to(memory_format=torch.channels_last), ir, den,
-                          data, r["crop"], t_max=T_MAX, pool=2048, val=val)
+                          data, r["crop"], t_max=T_MAX, pool=2048, val=val, ir_anchor=r["ir_anchor"])
     started = time.time()
     result = fit(task, _config(work, name), Processes())
     (work / name / "time.json").write_text(json.dumps({"seconds": time.time() - started, **result}))

@@ -15,7 +15,8 @@ from PIL import Image
 from dpir_fast import DPIR, cli, save_checkpoint
 from dpir_fast.data.datasets import ImageFolder
 from dpir_fast.models import FusionNet, MIRNet
-from dpir_fast.train import DenoiserTask, FusionTask, Processes, TrainConfig, fit, ir_pair, read_state
+from dpir_fast.train import DenoiserTask, FusionTask, Processes, TrainConfig, TrainError, fit, ir_pair, read_state
+from dpir_fast.train.common import StepRandom
 from tests.helpers import tiny_swinir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -196,3 +197,19 @@ def test_restore_under_torchrun_shards_files(monkeypatch, tmp_path):
                          "--checkpoint", str(tmp_path / "model.pt"), "--device", "cpu", "--quiet"]) == 0
         written[rank] = sorted(p.name for p in out.iterdir())
     assert written == {0: ["0.png", "2.png", "4.png"], 1: ["1.png", "3.png"]}
+
+
+@pytest.mark.parametrize("anchor", [0.0, 1.0])
+def test_fusion_ir_anchor_draws_x_t_around_x0_or_the_ir_estimate(photos, anchor):
+    """ir_anchor 0: the paper's x_t ~ q(x_t | x0); 1: x_t around x_IR, as the jump gives the sampler."""
+    task = _fusion_task(photos, 0)
+    task.ir_anchor = anchor
+    seen = []
+    task.denoise = lambda centre, t, eps: seen.append(centre) or centre
+    x0 = torch.rand(2, 3, 16, 16)
+    ids = torch.tensor([0, 1])
+    task.loss(task.model, ids, x0, StepRandom(0, 1, Processes(), 2))
+    x_ir, target = task.ir_estimate(ids, x0)
+    assert torch.equal(seen[0], x_ir if anchor else target) and not torch.equal(x_ir, target)
+    with pytest.raises(TrainError, match="probability"):
+        FusionTask("sr4x", task.model, task.ir, task.denoiser, ImageFolder(photos, 16), 16, ir_anchor=1.5)

@@ -1,6 +1,6 @@
-"""``dpir-fast demo``: super-resolve the bundled sample (or a given low-resolution image) ×4 with the shipped
-demo-sr4x weights and write input, IR-only and DP-IR results (and the ground truth, for the sample) side by
-side in one PNG."""
+"""``dpir-fast demo``: super-resolve the bundled sample, a user's photo (reduced ×4 first) or a low-resolution
+image ×4 with the shipped demo-sr4x weights; write input, bicubic, IR-only and DP-IR results (and the ground
+truth) side by side in one PNG, with the PSNR of each and the gains over bicubic."""
 from __future__ import annotations
 
 import time
@@ -16,6 +16,7 @@ from ..metrics import psnr
 from . import SAMPLE_IMAGE
 
 GAP, LABEL = 4, 14  # pixels between panels, height of the label strip
+PHOTO_CROP = 512    # --photo: the centre crop at most this size (a whole photo takes minutes on a CPU)
 
 
 def side_by_side(panels: list[tuple[str, torch.Tensor]]) -> Image.Image:
@@ -38,21 +39,34 @@ def side_by_side(panels: list[tuple[str, torch.Tensor]]) -> Image.Image:
     return canvas
 
 
-def run_demo(output: Path, image: Path | None = None, seed: int = 0, device: str = "cpu", paper: bool = False,
+def output_file(output: str | Path) -> Path:
+    """``output`` itself, or ``output``/demo.png when it names a folder (an existing one, or one ending in /)."""
+    if Path(output).is_dir() or str(output).endswith(("/", "\\")):
+        return Path(output) / "demo.png"
+    return Path(output)
+
+
+def run_demo(output: str | Path, image: Path | None = None, seed: int = 0, device: str = "cpu", photo: Path | None = None,
              log=print) -> Path:
-    """Restore ``image`` (a low-resolution photo) or the bundled sample with DPIR.from_pretrained("demo-sr4x")
-    (its shipped sampler, or the paper's sr4x preset when ``paper``) and write the comparison PNG to ``output``;
-    returns its path."""
-    from ..pipeline import DPIR, PRESETS
+    """Restore a low-resolution ``image`` ×4, or a ``photo`` (or the bundled sample) reduced ×4 by MATLAB
+    bicubic, with DPIR.from_pretrained("demo-sr4x"); write input | bicubic | IR net | DP-IR (| ground truth) side
+    by side to ``output`` (a PNG, or a folder to hold demo.png) and, with a ground truth, log the PSNR of each
+    and the gains over bicubic. Returns the PNG's path."""
+    from ..pipeline import DPIR
     pipe = DPIR.from_pretrained("demo-sr4x", device=device)
-    if paper:
-        pipe.configure(**PRESETS["sr4x"])
     target = None
     if image is None:
-        target = read_image(SAMPLE_IMAGE)[0]
+        target = read_image(photo or SAMPLE_IMAGE)[0]
+        height, width = target.shape[-2:]
+        if min(height, width) < 16:
+            raise ValueError(f"{photo} is {width}x{height}: the demo needs at least 16x16 pixels to reduce x4")
+        h, w = (min(s, PHOTO_CROP) // 4 * 4 for s in (height, width))
+        top, left = (height - h) // 2, (width - w) // 2
+        target = target[..., top:top + h, left:left + w]
+        if (h, w) != (height, width):
+            log(f"{photo.name}: {width}x{height}, its centre {w}x{h} used")
         y = bicubic_downsample(target, 4)
-        log(f"sample: {SAMPLE_IMAGE.name} {target.shape[-1]}x{target.shape[-2]}, bicubic x4 down to "
-            f"{y.shape[-1]}x{y.shape[-2]}")
+        log(f"{(photo or SAMPLE_IMAGE).name}: {w}x{h} reduced x4 (MATLAB bicubic) to {y.shape[-1]}x{y.shape[-2]}")
     else:
         y = read_image(image)[0]
     y = y.to(device)
@@ -61,43 +75,50 @@ def run_demo(output: Path, image: Path | None = None, seed: int = 0, device: str
     x = pipe(y, seed=seed)
     log(f"DP-IR x4: tau {pipe.tau}, {pipe.settings['tail']} tail, NFE {pipe.nfe}, "
         f"{time.perf_counter() - started:.1f} s on {device}")
-    panels = [("input (nearest x4)", y), ("IR net only", x_ir), ("DP-IR", x)]
+    estimates = [("bicubic", imresize(y.cpu(), 4).clamp(0, 1)), ("IR net", x_ir.cpu().clamp(0, 1)),
+                 ("DP-IR", x.cpu())]
+    panels = [("input (nearest x4)", y.cpu()), *estimates]
     if target is not None:
         panels.append(("ground truth", target))
-        estimates = (("bicubic", imresize(y.cpu(), 4)), ("IR net", x_ir), ("DP-IR", x))
-        scores = {name: float(psnr(est.cpu().clamp(0, 1), target)) for name, est in estimates}
+        scores = {name: float(psnr(est, target)) for name, est in estimates}
         log("PSNR vs ground truth: " + ", ".join(f"{k} {v:.2f} dB" for k, v in scores.items()))
-    output = Path(output)
+        log("gain over bicubic: " + ", ".join(f"{k} {scores[k] - scores['bicubic']:+.2f} dB"
+                                               for k in ("IR net", "DP-IR")))
+    output = output_file(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    side_by_side([(label, t.cpu()) for label, t in panels]).save(output)
+    side_by_side(panels).save(output, format="PNG")
     log(f"wrote {output}")
     return output
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="super-resolve a bundled sample with the shipped demo weights",
-                       description="Super-resolve (x4) the bundled sample photo, or --input IMAGE, with the "
-                                   "demo-sr4x weights shipped in the package; write input | IR-only | DP-IR "
-                                   "(| ground truth) side by side in one PNG.")
-    p.add_argument("-o", "--output", type=Path, default=Path("demo.png"), metavar="PNG",
-                   help="comparison image to write (default demo.png)")
-    p.add_argument("--input", type=Path, metavar="IMAGE", help="a low-resolution image instead of the sample")
+                       description="Super-resolve (x4) the bundled sample photo, your own --photo (reduced x4 "
+                                   "first, so the result can be scored), or a low-resolution --input, with the "
+                                   "demo-sr4x weights shipped in the package; write input | bicubic | IR net | "
+                                   "DP-IR (| ground truth) side by side in one PNG and print the PSNR of each.")
+    p.add_argument("-o", "--output", default="demo.png", metavar="PNG",
+                   help="comparison image to write, or a folder to write demo.png into (default demo.png)")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--photo", type=Path, metavar="IMAGE",
+                        help="your own photo: reduced x4 (MATLAB bicubic), restored, and scored against itself")
+    source.add_argument("--input", type=Path, metavar="IMAGE",
+                        help="a low-resolution image to enlarge x4 (no ground truth, no scores)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
-    p.add_argument("--paper", action="store_true",
-                   help="the paper's sr4x sampler (tau 250, 50 DDIM steps, NFE 51) instead of the shipped one "
-                        "(tau 5, NFE 6; see MODEL_CARD.md)")
     p.set_defaults(func=cmd_demo)
 
 
 def cmd_demo(args) -> int:
     import sys
 
-    from ..cli import UsageError, _device
+    from ..cli_common import UsageError, resolve_device
     from ..data.images import ImageReadError
     try:
-        run_demo(args.output, args.input, args.seed, _device(args.device), args.paper,
+        run_demo(args.output, args.input, args.seed, resolve_device(args.device), args.photo,
                  log=lambda m: print(m, file=sys.stderr))
-    except (ImageReadError, FileNotFoundError) as err:
+    except (ImageReadError, FileNotFoundError, ValueError) as err:
         raise UsageError(str(err)) from None
+    except OSError as err:   # the output cannot be written
+        raise UsageError(f"cannot write {output_file(args.output)}: {err.strerror or err}") from None
     return 0

@@ -68,6 +68,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--denoiser-checkpoint", type=Path, required=True, metavar="FILE",
                    help="denoiser: model.pt of train-denoiser, a pipeline file, or official MIRNet-S weights")
     p.add_argument("--t-max", type=int, help="largest training timestep (default: the task's τ)")
+    p.add_argument("--ir-anchor", type=float, default=0.0, metavar="P",
+                   help="fraction of samples whose x_t is drawn around the IR estimate instead of x0 (default 0, "
+                        "the paper; the shipped demos use 1: see dpir_fast/pretrained/MODEL_CARD.md)")
     p.add_argument("--pool", type=int, default=0, metavar="N",
                    help="train on a fixed set of N crops whose IR outputs are computed once (default 0: fresh)")
     p.add_argument("--n-feat", type=int, default=64, help="FusionNet n_feat (default 64)")
@@ -169,7 +172,8 @@ def cmd_train_fusion(args) -> int:
         denoiser = load_network(args.denoiser_checkpoint, "denoiser", "mirnet_s")
         fusion = _resumed_model(args) or FusionNet(n_feat=args.n_feat, growth=args.growth)
         data, val = _folders(args, procs, args.crop)
-        task = FusionTask(args.task, fusion, ir, denoiser, data, args.crop, args.seed, args.t_max, args.pool, val=val)
+        task = FusionTask(args.task, fusion, ir, denoiser, data, args.crop, args.seed, args.t_max, args.pool, val=val,
+                          ir_anchor=args.ir_anchor)
         return task, cfg
 
     def finish(task, cfg):

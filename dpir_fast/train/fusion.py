@@ -3,7 +3,10 @@
 Per sample: y = degrade(x0), x_IR = IR(y) (frozen, eval; :func:`ir_pair`), t uniform in [1, τ_max] (τ_max =
 the task's τ, the timesteps the sampler runs the fusion at; the paper leaves the range open),
 x_t = sqrt(ᾱ_t)·x0 + sqrt(1 − ᾱ_t)·ε (a draw of q(x_t | x0)), x_den = denoiser(denoiser_input_ref(x_t, t))
-(frozen), loss = MSE(fusion(x_IR, x_den, t), x0). With a crop pool (``pool`` > 0) the training crops are a
+(frozen), loss = MSE(fusion(x_IR, x_den, t), x0). With ``ir_anchor`` = p > 0 (not the paper's recipe), a
+fraction p of the samples draws x_t around x_IR instead, x_t = sqrt(ᾱ_t)·x_IR + sqrt(1 − ᾱ_t)·ε: what the jump
+gives the sampler at t = τ, where the denoiser knows no more than the IR net (a weak IR net and denoiser then
+learn to refine x_IR rather than trust a denoiser estimate that is only as good as x_IR). With a crop pool (``pool`` > 0) the training crops are a
 fixed set and each crop's IR output is computed once, one crop at a time (so it does not depend on which batch
 it fell in), and kept in memory.
 """
@@ -83,8 +86,12 @@ class FusionTask:
 
     def __init__(self, task: str, fusion: nn.Module, ir: nn.Module, denoiser: nn.Module, data: ImageFolder,
                  crop: int, seed: int = 0, t_max: int | None = None, pool: int = 0,
-                 schedule: Schedule | None = None, val: ImageFolder | None = None, val_images: int = 8):
+                 schedule: Schedule | None = None, val: ImageFolder | None = None, val_images: int = 8,
+                 ir_anchor: float = 0.0):
+        if not 0.0 <= ir_anchor <= 1.0:
+            raise TrainError(f"ir_anchor is a probability in [0, 1], got {ir_anchor}")
         self.task, self.model, self.seed, self.pool = task, fusion, int(seed), int(pool)
+        self.ir_anchor = float(ir_anchor)
         if task not in TASKS:
             raise TrainError(f"task must be one of {TASKS}, got {task!r}")
         self.schedule = schedule or Schedule.linear()
@@ -131,7 +138,11 @@ class FusionTask:
         self.to(x0.device)
         x_ir, x0 = self.ir_estimate(ids, x0)
         t = rnd.randint(1, self.t_max)
-        x_den = self.denoise(x0, t, rnd.randn(*x0.shape[1:]))
+        eps = rnd.randn(*x0.shape[1:])
+        centre = x0
+        if self.ir_anchor > 0:
+            centre = torch.where((rnd.rand() < self.ir_anchor)[:, None, None, None], x_ir, x0)
+        x_den = self.denoise(centre, t, eps)
         return F.mse_loss(net(x_ir, x_den, t).float(), x0)
 
     @torch.no_grad()
@@ -157,4 +168,4 @@ class FusionTask:
 
     def record(self) -> dict:
         return {"task": self.task, "crop": self.dataset.size, "t_max": self.t_max, "pool": self.pool,
-                "schedule": self.schedule.config()}
+                "schedule": self.schedule.config(), "ir_anchor": self.ir_anchor}
