@@ -1,8 +1,10 @@
 """Synthetic motion blur: trajectories, kernels, convolution."""
+import math
+
 import pytest
 import torch
 
-from dpir_fast.data import blur, motion_blur, random_motion_kernel, random_trajectory, trajectory_kernel
+from dpir_fast.data import arc_kernel, blur, motion_blur, random_motion_kernel, random_trajectory, trajectory_kernel
 
 
 def test_trajectory_has_its_length_and_starts_at_zero():
@@ -44,3 +46,24 @@ def test_motion_blur_batch():
     assert out.shape == x.shape and kernels.shape == (2, 7, 7)
     assert out.min() >= 0 and out.max() <= 1
     torch.testing.assert_close(blur(x[1:], kernels[1]), blur(x, kernels)[1:])
+
+
+@pytest.mark.parametrize("length,angle", [(9, 0.0), (15, 0.7), (21, 2.0)])
+def test_straight_line_kernels_span_their_length_along_their_angle(length, angle):
+    k = arc_kernel(length, 31, angle)
+    assert k.shape == (31, 31) and (k >= 0).all() and torch.isclose(k.sum(), torch.tensor(1.0))
+    ys, xs = torch.meshgrid(torch.arange(31.0), torch.arange(31.0), indexing="ij")
+    along = (xs - 15) * math.cos(angle) + (ys - 15) * math.sin(angle)
+    across = -(xs - 15) * math.sin(angle) + (ys - 15) * math.cos(angle)
+    support = k > 1e-4
+    assert abs(float(along[support].max() - along[support].min()) - length) <= 2.5
+    assert float(across[support].abs().max()) <= 1.5   # a line, one or two pixels thick
+    assert abs(float((k * along).sum())) < 0.5          # centred
+
+
+def test_arc_kernels_curve_and_are_centred():
+    straight, bent = arc_kernel(19, 31, 0.3), arc_kernel(19, 31, 0.3, turn=2.5)
+    assert torch.isclose(bent.sum(), torch.tensor(1.0)) and not torch.allclose(straight, bent)
+    ys, xs = torch.meshgrid(torch.arange(31.0), torch.arange(31.0), indexing="ij")
+    assert abs(float((bent * xs).sum()) - 15) < 1.0 and abs(float((bent * ys).sum()) - 15) < 1.0
+    assert torch.equal(arc_kernel(19, 31, 0.3, turn=1e-12), straight)

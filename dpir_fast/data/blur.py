@@ -69,6 +69,21 @@ def random_motion_kernel(size: int = 31, generator: torch.Generator | None = Non
     return trajectory_kernel(random_trajectory(length=length, generator=generator), size)
 
 
+def arc_kernel(length: float, size: int, angle: float = 0.0, turn: float = 0.0, steps: int = 2000) -> torch.Tensor:
+    """Kernel [size, size] of a uniform motion along a circular arc: ``length`` pixels, starting in direction
+    ``angle`` (radians) and turning by ``turn`` radians in all (0: a straight line). Kernels of this family
+    are not what :func:`random_trajectory` draws: held-out blur for evaluating deblurring."""
+    s = torch.linspace(0.0, 1.0, steps, dtype=torch.float64)
+    heading = angle + turn * s
+    if abs(turn) < 1e-9:
+        x, y = length * s * math.cos(angle), length * s * math.sin(angle)
+    else:
+        radius = length / turn
+        x = radius * (torch.sin(heading) - math.sin(angle))
+        y = radius * (math.cos(angle) - torch.cos(heading))
+    return trajectory_kernel(torch.stack([x, y], 1), size)
+
+
 def blur(image: torch.Tensor, kernel: torch.Tensor, padding: str = "reflect") -> torch.Tensor:
     """Convolve image [B, C, H, W] (or [C, H, W]) with kernel [k, k] (or one [B, k, k] per image).
 
