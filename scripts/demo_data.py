@@ -4,8 +4,9 @@ Sources: the photos scikit-image ships; the wallpapers of Debian's gnome-backgro
 and ukui-wallpapers packages (``apt-get download`` + ``dpkg -x`` into WORK/debs, nothing installed); dead-leaves
 images. They are split by name into train and val (val: never trained on, used for every choice). The photos of
 Debian's mate-backgrounds (nature/) are the test set: no source of training data, looked at only for the final
-scores. Large images are reduced (Lanczos) to at most MAX_SIDE pixels on their long side, everything is saved as
-8-bit RGB PNG in WORK/data/{train,val,test}, with WORK/data/manifest.json listing each file's origin.
+scores. Flat colours (WORK/data/flat) are extra training images for the fusion network only. Large images are
+reduced (Lanczos) to at most MAX_SIDE pixels on their long side, everything is saved as 8-bit RGB PNG in
+WORK/data/{train,val,test,flat}, with WORK/data/manifest.json listing each file's origin.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ SKIMAGE_PHOTOS = ("astronaut", "rocket", "hubble_deep_field", "retina", "camera"
 SKIMAGE_VAL = ("coffee", "chelsea")
 VAL_FRACTION = 0.2  # of the wallpapers, by a hash of the name
 DEAD_LEAVES = 64
+FLAT = 32  # flat-colour images for the fusion network: the 8 corners of the RGB cube, then random colours
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
@@ -83,7 +85,7 @@ def build(work: Path) -> dict:
     from dpir_fast.data.dead_leaves import dead_leaves
 
     data, debs = work / "data", work / "debs"
-    manifest = {"train": {}, "val": {}, "test": {}}
+    manifest = {"train": {}, "val": {}, "test": {}, "flat": {}}
 
     def put(split: str, name: str, image: Image.Image, origin: str) -> None:
         save(image, data / split / f"{name}.png")
@@ -103,5 +105,10 @@ def build(work: Path) -> dict:
         image = dead_leaves(512, np.random.default_rng([7, i]))
         put("train", f"deadleaves-{i:03d}", Image.fromarray((image * 255).round().astype(np.uint8)),
             "dead leaves (dpir_fast.data.dead_leaves), seed (7, i)")
+    corners = [np.array([r, g, b], float) for r in (0, 1) for g in (0, 1) for b in (0, 1)]
+    rng = np.random.default_rng(11)
+    for i, colour in enumerate(corners + [rng.random(3) for _ in range(FLAT - len(corners))]):
+        put("flat", f"flat-{i:02d}", Image.fromarray(np.full((96, 96, 3), np.round(colour * 255), np.uint8)),
+            "a flat colour (corners of the RGB cube, then numpy default_rng(11))")
     (data / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return manifest
