@@ -238,9 +238,7 @@ class Engine:
                 self.loop(r)
 
         graph = capture_graph(loop, device, self._pools[device])
-        with uncached_autocast(device.type):
-            r.graph, r.held = graph, (self.time_weights(), ops.fusion_pack(self.fusion, r.x_ir, self.dtype,
-                                                                            self.backend))
+        r.graph, r.held = graph, (self.time_weights(), ops.fusion_pack(self.fusion, r.x_ir, self.dtype, self.backend))
 
     def _run(self, r: Runner) -> None:
         r.uses += 1

@@ -77,8 +77,8 @@ def _load(path: Path) -> torch.nn.Module:
     return build_model(torch.load(path, map_location="cpu", weights_only=True))
 
 
-def _folders(work: Path, crop: int) -> tuple[ImageFolder, ImageFolder]:
-    return (ImageFolder(work / "data" / "train", min_size=crop),
+def _folders(work: Path, crop: int, train=("train",)) -> tuple[ImageFolder, ImageFolder]:
+    return (ImageFolder([work / "data" / name for name in train], min_size=crop),
             ImageFolder(work / "data" / "val", min_size=crop))
 
 
@@ -86,7 +86,7 @@ def stage_train(work: Path, name: str) -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     r = RECIPES[name]
-    data, val = _folders(work, r["crop"])
+    data, val = _folders(work, r["crop"], ("train", "flat") if name == "fusion" else ("train",))
     if name == "ir":
         task = IRTask("sr4x", CompactSR(**IR_CONFIG).to(memory_format=torch.channels_last), data, r["crop"],
                       val=val, loss=r["loss"])
@@ -98,7 +98,6 @@ def stage_train(work: Path, name: str) -> None:
                             sigma_max=SIGMA_MAX, val=val, val_crop=128, val_sigmas=(5, 10, 25))
     else:
         ir, den = _load(work / "ir" / "model.pt"), _load(work / "denoiser" / "model.pt")
-        data = ImageFolder([work / "data" / "train", work / "data" / "flat"], min_size=r["crop"])
         fusion = FusionNet(**FUSION_CONFIG)
         torch.nn.init.zeros_(fusion.conv_out.weight)  # start from the IR estimate (residual="ir")
         torch.nn.init.zeros_(fusion.conv_out.bias)
@@ -161,7 +160,8 @@ def stage_eval(work: Path, seed: int = 0) -> dict:
                 "dpir": pipe(y, seed=seed).clamp(0, 1)}
         for i, name in enumerate(names):
             rows[f"{split}/{name}"] = {
-                k: {"psnr": float(psnr(v[i:i + 1], x0[i:i + 1])), "psnr_y": float(psnr(v[i:i + 1], x0[i:i + 1], 4, True)),
+                k: {"psnr": float(psnr(v[i:i + 1], x0[i:i + 1])),
+                    "psnr_y": float(psnr(v[i:i + 1], x0[i:i + 1], 4, True)),
                     "ssim_y": float(ssim(v[i:i + 1], x0[i:i + 1], 4, True))} for k, v in outs.items()}
     (work / "eval.json").write_text(json.dumps(rows, indent=1))
     (work / "eval.md").write_text(summary(rows))

@@ -9,5 +9,6 @@ from .swinir import SwinIR, swinir_classical_sr4, swinir_lightweight_sr4
 
 ARCHITECTURES = {cls.__name__: cls for cls in (MIRNet, SwinIR, FusionNet, FFTformer, BSRT, CompactSR, CompactUNet)}
 
-__all__ = ["ARCHITECTURES", "BSRT", "CompactSR", "CompactUNet", "FFTformer", "FusionNet", "MIRNet", "SwinIR", "bsrt_large", "bsrt_small",
+__all__ = ["ARCHITECTURES", "BSRT", "CompactSR", "CompactUNet", "FFTformer", "FusionNet", "MIRNet", "SwinIR",
+           "bsrt_large", "bsrt_small",
            "fftformer_gopro", "load_bsrt_checkpoint", "mirnet_s", "swinir_classical_sr4", "swinir_lightweight_sr4"]

@@ -46,8 +46,8 @@ def output_file(output: str | Path) -> Path:
     return Path(output)
 
 
-def run_demo(output: str | Path, image: Path | None = None, seed: int = 0, device: str = "cpu", photo: Path | None = None,
-             log=print) -> Path:
+def run_demo(output: str | Path, image: Path | None = None, seed: int = 0, device: str = "cpu",
+             photo: Path | None = None, log=print) -> Path:
     """Restore a low-resolution ``image`` ×4, or a ``photo`` (or the bundled sample) reduced ×4 by MATLAB
     bicubic, with DPIR.from_pretrained("demo-sr4x"); write input | bicubic | IR net | DP-IR (| ground truth) side
     by side to ``output`` (a PNG, or a folder to hold demo.png) and, with a ground truth, log the PSNR of each

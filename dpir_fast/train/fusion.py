@@ -6,9 +6,9 @@ x_t = sqrt(ᾱ_t)·x0 + sqrt(1 − ᾱ_t)·ε (a draw of q(x_t | x0)), x_den = d
 (frozen), loss = MSE(fusion(x_IR, x_den, t), x0). With ``ir_anchor`` = p > 0 (not the paper's recipe), a
 fraction p of the samples draws x_t around x_IR instead, x_t = sqrt(ᾱ_t)·x_IR + sqrt(1 − ᾱ_t)·ε: what the jump
 gives the sampler at t = τ, where the denoiser knows no more than the IR net (a weak IR net and denoiser then
-learn to refine x_IR rather than trust a denoiser estimate that is only as good as x_IR). With a crop pool (``pool`` > 0) the training crops are a
-fixed set and each crop's IR output is computed once, one crop at a time (so it does not depend on which batch
-it fell in), and kept in memory.
+learn to refine x_IR rather than trust a denoiser estimate that is only as good as x_IR). With a crop pool
+(``pool`` > 0) the training crops are a fixed set and each crop's IR output is computed once, one crop at a time
+(so it does not depend on which batch it fell in), and kept in memory.
 """
 from __future__ import annotations
 
