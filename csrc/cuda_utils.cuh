@@ -15,7 +15,8 @@ namespace cuda {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-constexpr int kMaxChannels = 1024;  // bounds the shared memory of the reductions (32 KiB)
+constexpr int kMaxChannels = 1024;     // bounds the shared memory (32 KiB) and the registers of the reductions
+constexpr int kReduceBlocksPerSm = 4;  // pass 1 is sized for this many resident blocks per SM
 
 template <typename T, int N>
 struct alignas(sizeof(T) * N) Pack {
@@ -52,6 +53,33 @@ __device__ __forceinline__ float group_max(float v, int width = 32) {
   return v;
 }
 
+// Halving steps O, O/2, ..., 1 of warp_transpose_sum: lanes with bit O set keep v[O, 2O), the others v[0, O); each
+// adds its partner's copy of the half it keeps into v[0, O).
+template <int O, int N>
+__device__ __forceinline__ void transpose_sum_steps(float (&v)[N], int lane) {
+  if constexpr (O > 0) {
+    const bool upper = lane & O;
+#pragma unroll
+    for (int i = 0; i < O; ++i) {
+      const float lo = v[i], hi = v[i + O];  // values, not a select of addresses (that goes to local memory)
+      v[i] = (upper ? hi : lo) + __shfl_xor_sync(0xffffffffu, upper ? lo : hi, O);
+    }
+    transpose_sum_steps<O / 2>(v, lane);
+  }
+}
+
+// Lane l gets Σ over the warp's lanes of v[l % N] (N a power of two ≤ 32): a reduce-scatter within groups of N
+// lanes, then a butterfly across the groups; N - 1 + log2(32 / N) shuffles instead of 5 N.
+template <int N>
+__device__ __forceinline__ float warp_transpose_sum(float (&v)[N]) {
+  const int lane = threadIdx.x % 32;
+  transpose_sum_steps<N / 2>(v, lane);
+  float s = v[0];
+#pragma unroll
+  for (int o = N; o < 32; o *= 2) s += __shfl_xor_sync(0xffffffffu, s, o);
+  return s;
+}
+
 __device__ __forceinline__ float sigmoidf(float v) { return 1.f / (1.f + expf(-v)); }
 
 inline bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
@@ -61,6 +89,14 @@ inline int sm_count() {
   C10_CUDA_CHECK(cudaGetDevice(&device));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
   return count;
+}
+
+// Blocks of `kernel` with `threads` threads that fit on the device at once: the grid of a one-wave grid-stride loop.
+template <typename Kernel>
+int resident_blocks(Kernel kernel, int threads, size_t smem = 0) {
+  int per_sm = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem));
+  return std::max(per_sm, 1) * sm_count();
 }
 
 // Out[b, c] = mean over HW of partial[b, :, c] (the tiles of the first pass), into shared memory.
@@ -108,42 +144,50 @@ struct Inputs {
   const T* p[NIN];
 };
 
-// NCHW pass 1: thread = VEC consecutive pixels, loop over channels; channel sums by warp shuffles into one shared
-// row per warp. partial [B, ntiles, C]; with POOL also pooled [B, 2, HW] = (max_C, mean_C) of the (one) input.
+// NCHW pass 1: thread = VEC consecutive pixels, loop over channels kChunk at a time; a warp transpose-sums each
+// chunk so lane l < kChunk adds the warp's total of channel c0 + l to the warp's shared row (one conflict-free
+// read-modify-write per chunk). partial [B, ntiles, C]; with POOL also pooled [B, 2, HW] = (max_C, mean_C).
 template <typename T, int VEC, int NIN, bool POOL>
-__global__ void __launch_bounds__(kThreads) reduce_nchw_kernel(Inputs<T, NIN> in, int C, int64_t HW, int iters,
-                                                               float* __restrict__ partial,
-                                                               float* __restrict__ pooled) {
+__global__ void __launch_bounds__(kThreads, kReduceBlocksPerSm)
+    reduce_nchw_kernel(Inputs<T, NIN> in, int C, int64_t HW, int iters, float* __restrict__ partial,
+                       float* __restrict__ pooled) {
+  constexpr int kChunk = 8;
   extern __shared__ float rows[];  // [kWarps, C]
   const int b = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   for (int i = threadIdx.x; i < kWarps * C; i += kThreads) rows[i] = 0.f;
   __syncthreads();
-  for (int it = 0; it < iters; ++it) {  // same trip count in every thread: the shuffles see all lanes
+  float* row = rows + warp * C;
+  for (int it = 0; it < iters; ++it) {  // same trip counts in every thread: the shuffles see all lanes
     const int64_t p = ((int64_t(blockIdx.x) * iters + it) * kThreads + threadIdx.x) * VEC;
     const bool valid = p < HW;  // VEC > 1 only when HW % VEC == 0
+    int64_t off = int64_t(b) * C * HW + p;  // advances by HW per channel
     float mx[VEC], sm[VEC];
 #pragma unroll
     for (int j = 0; j < VEC; ++j) mx[j] = -INFINITY, sm[j] = 0.f;
-#pragma unroll 4
-    for (int c = 0; c < C; ++c) {
-      float v[VEC] = {};
-      if (valid) {
+    for (int c0 = 0; c0 < C; c0 += kChunk) {
+      float s[kChunk];
 #pragma unroll
-        for (int k = 0; k < NIN; ++k) {
-          float t[VEC];
-          load_pack<T, VEC>(in.p[k] + (int64_t(b) * C + c) * HW + p, t);
+      for (int i = 0; i < kChunk; ++i, off += HW) {
+        float v[VEC] = {};
+        const bool live = c0 + i < C;
+        if (valid && live) {
 #pragma unroll
-          for (int j = 0; j < VEC; ++j) v[j] += t[j];
+          for (int k = 0; k < NIN; ++k) {
+            float t[VEC];
+            load_pack<T, VEC>(in.p[k] + off, t);
+#pragma unroll
+            for (int j = 0; j < VEC; ++j) v[j] += t[j];
+          }
+        }
+        s[i] = 0.f;
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) {
+          s[i] += v[j];
+          if (POOL && live) mx[j] = nan_max(v[j], mx[j]), sm[j] += v[j];
         }
       }
-      float s = 0.f;
-#pragma unroll
-      for (int j = 0; j < VEC; ++j) {
-        s += v[j];
-        if (POOL) mx[j] = nan_max(v[j], mx[j]), sm[j] += v[j];
-      }
-      s = group_sum(s);
-      if (lane == 0) rows[warp * C + c] += s;
+      const float total = warp_transpose_sum(s);
+      if (lane < kChunk && c0 + lane < C) row[c0 + lane] += total;
     }
     if (POOL && valid) {
 #pragma unroll
@@ -161,34 +205,40 @@ __global__ void __launch_bounds__(kThreads) reduce_nchw_kernel(Inputs<T, NIN> in
   }
 }
 
-// NHWC pass 1: a group of `lpp` lanes per pixel, each lane VEC channels at a time; per-pixel max/mean by group
-// shuffles; channel sums in one shared row per group (each channel owned by one lane of the group).
+// NHWC pass 1: a group of `lpp` lanes per pixel (a power of two ≤ 32); lane `sub` of the group owns the channel
+// vectors sub, sub + lpp, ... and sums them in registers over the whole tile; per-pixel max/mean by group shuffles.
+// At the end each lane writes its sums once into its group's shared row, and the rows are summed into partial.
+// Needs lpp = 32 or lpp ≥ C / VEC (plan_reduce), so that kSlots vectors per lane cover all C ≤ kMaxChannels.
 template <typename T, int VEC, int NIN, bool POOL>
-__global__ void __launch_bounds__(kThreads) reduce_nhwc_kernel(Inputs<T, NIN> in, int C, int64_t HW, int iters,
-                                                               int lpp, float* __restrict__ partial,
-                                                               float* __restrict__ pooled) {
+__global__ void __launch_bounds__(kThreads, kReduceBlocksPerSm)
+    reduce_nhwc_kernel(Inputs<T, NIN> in, int C, int64_t HW, int iters, int lpp, float* __restrict__ partial,
+                       float* __restrict__ pooled) {
+  constexpr int kSlots = kMaxChannels / (32 * VEC);
   extern __shared__ float rows[];  // [kThreads / lpp, C]
-  const int b = blockIdx.y, groups = kThreads / lpp, group = threadIdx.x / lpp, sub = threadIdx.x % lpp;
+  const int b = blockIdx.y, shift = __ffs(lpp) - 1, groups = kThreads >> shift;
+  const int group = threadIdx.x >> shift, sub = threadIdx.x & (lpp - 1);
   const int cv = C / VEC;  // VEC > 1 only when C % VEC == 0
-  for (int i = threadIdx.x; i < groups * C; i += kThreads) rows[i] = 0.f;
-  __syncthreads();
-  float* row = rows + group * C;
-  for (int it = 0; it < iters; ++it) {
-    const int64_t p = (int64_t(blockIdx.x) * iters + it) * groups + group;
+  float acc[kSlots][VEC] = {};
+  int64_t p = int64_t(blockIdx.x) * iters * groups + group;
+  int64_t off = (int64_t(b) * HW + p) * C;  // of the pixel's channel 0; advances by groups · C per step
+  for (int it = 0; it < iters; ++it, p += groups, off += groups * C) {
     float mx = -INFINITY, sm = 0.f;
     if (p < HW) {
-      for (int v = sub; v < cv; v += lpp) {
+#pragma unroll
+      for (int s = 0; s < kSlots; ++s) {
+        const int v = sub + s * lpp;
+        if (v >= cv) break;
         float x[VEC] = {};
 #pragma unroll
         for (int k = 0; k < NIN; ++k) {
           float t[VEC];
-          load_pack<T, VEC>(in.p[k] + (int64_t(b) * HW + p) * C + v * VEC, t);
+          load_pack<T, VEC>(in.p[k] + off + v * VEC, t);
 #pragma unroll
           for (int j = 0; j < VEC; ++j) x[j] += t[j];
         }
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
-          row[v * VEC + j] += x[j];
+          acc[s][j] += x[j];
           if (POOL) mx = nan_max(x[j], mx), sm += x[j];
         }
       }
@@ -201,6 +251,14 @@ __global__ void __launch_bounds__(kThreads) reduce_nhwc_kernel(Inputs<T, NIN> in
         pooled[(int64_t(b) * 2 + 1) * HW + p] = sm / C;
       }
     }
+  }
+  float* row = rows + group * C;
+#pragma unroll
+  for (int s = 0; s < kSlots; ++s) {
+    const int v = sub + s * lpp;
+    if (v >= cv) break;
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) row[v * VEC + j] = acc[s][j];
   }
   __syncthreads();
   for (int c = threadIdx.x; c < C; c += kThreads) {
@@ -226,7 +284,7 @@ ReducePlan plan_reduce(const Inputs<T, NIN>& in, int64_t B, int C, int64_t HW, b
   while (plan.lpp < 32 && plan.lpp < cv) plan.lpp *= 2;
   const int64_t unit = nhwc ? kThreads / plan.lpp : int64_t(kThreads) * plan.vec;  // pixels of one step
   const int64_t steps = (HW + unit - 1) / unit;
-  const int64_t want = std::max<int64_t>(1, (4 * sm_count() + B - 1) / B);  // ~4 blocks per SM in all
+  const int64_t want = std::max<int64_t>(1, (kReduceBlocksPerSm * sm_count() + B - 1) / B);
   plan.iters = int((steps + std::min(steps, want) - 1) / std::min(steps, want));
   plan.ntiles = int((steps + plan.iters - 1) / plan.iters);
   plan.smem = sizeof(float) * C * (nhwc ? kThreads / plan.lpp : kWarps);

@@ -41,39 +41,68 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const float* __rest
   }
 }
 
-// out = Σ_k attn[b, k, c] · x_k over all elements, VEC at a time along the contiguous dimension (pixels for NCHW,
-// channels for CL; VEC > 1 only when that dimension is a multiple of VEC and all pointers are 16-byte aligned).
-template <typename T, int VEC, bool CL>
-__global__ void __launch_bounds__(kThreads) weighted_sum_kernel(Inputs<T, 3> in, const float* __restrict__ attn,
-                                                                int C, int64_t HW, int64_t nvec,
-                                                                T* __restrict__ out) {
-  for (int64_t i = int64_t(blockIdx.x) * kThreads + threadIdx.x; i < nvec; i += int64_t(gridDim.x) * kThreads) {
-    const int64_t e = i * VEC;
-    float a[VEC], b[VEC], c[VEC], o[VEC];
-    load_pack<T, VEC>(in.p[0] + e, a);
-    load_pack<T, VEC>(in.p[1] + e, b);
-    load_pack<T, VEC>(in.p[2] + e, c);
-    if (!CL) {  // one channel: three scalar weights
-      const int64_t bc = e / HW;
-      const float* w = attn + (bc / C) * 3 * C + bc % C;
-      const float w0 = w[0], w1 = w[C], w2 = w[2 * C];
+// out = Σ_k attn[b, k, c] · x_k, VEC elements at a time along the contiguous dimension (VEC > 1 only when that
+// dimension is a multiple of VEC and all pointers are 16-byte aligned).
+
+// NCHW: grid (tiles, C, B), so a block row is one (b, c) plane and its three weights are scalars.
+template <typename T, int VEC>
+__global__ void __launch_bounds__(kThreads) weighted_sum_nchw_kernel(Inputs<T, 3> in, const float* __restrict__ attn,
+                                                                     int C, int64_t HW, T* __restrict__ out) {
+  const int b = blockIdx.z, c = blockIdx.y;
+  const float* w = attn + int64_t(b) * 3 * C + c;
+  const float w0 = w[0], w1 = w[C], w2 = w[2 * C];
+  const int64_t plane = (int64_t(b) * C + c) * HW, stride = int64_t(gridDim.x) * kThreads * VEC;
+  for (int64_t e = (int64_t(blockIdx.x) * kThreads + threadIdx.x) * VEC; e < HW; e += stride) {
+    float x0[VEC], x1[VEC], x2[VEC], o[VEC];
+    load_pack<T, VEC>(in.p[0] + plane + e, x0);
+    load_pack<T, VEC>(in.p[1] + plane + e, x1);
+    load_pack<T, VEC>(in.p[2] + plane + e, x2);
 #pragma unroll
-      for (int j = 0; j < VEC; ++j) o[j] = w0 * a[j] + w1 * b[j] + w2 * c[j];
-    } else {  // VEC consecutive channels of one pixel
-      const float* w = attn + (e / (HW * C)) * 3 * C + e % C;
-#pragma unroll
-      for (int j = 0; j < VEC; ++j) o[j] = w[j] * a[j] + w[C + j] * b[j] + w[2 * C + j] * c[j];
-    }
-    store_pack<T, VEC>(out + e, o);
+    for (int j = 0; j < VEC; ++j) o[j] = w0 * x0[j] + w1 * x1[j] + w2 * x2[j];
+    store_pack<T, VEC>(out + plane + e, o);
   }
 }
 
-template <typename T, int VEC, bool CL>
-void launch_weighted_sum(const Inputs<T, 3>& in, const float* attn, int C, int64_t HW, int64_t numel, T* out,
+// Channels-last: grid (tiles, channel chunks, B), block (tx, ty); thread (x, y) keeps the 3 · VEC weights of channel
+// vector blockIdx.y · tx + x in registers and walks pixels y, y + ty, ... of its tile (grid-stride over tiles).
+template <typename T, int VEC>
+__global__ void __launch_bounds__(kThreads) weighted_sum_nhwc_kernel(Inputs<T, 3> in, const float* __restrict__ attn,
+                                                                     int C, int64_t HW, T* __restrict__ out) {
+  const int b = blockIdx.z, c = (blockIdx.y * blockDim.x + threadIdx.x) * VEC;
+  if (c >= C) return;
+  float w[3][VEC];
+#pragma unroll
+  for (int k = 0; k < 3; ++k) load_pack<float, VEC>(attn + (int64_t(b) * 3 + k) * C + c, w[k]);
+  const int64_t first = int64_t(blockIdx.x) * blockDim.y + threadIdx.y, stride = int64_t(gridDim.x) * blockDim.y;
+  int64_t off = (int64_t(b) * HW + first) * C + c;
+  for (int64_t p = first; p < HW; p += stride, off += stride * C) {
+    float x0[VEC], x1[VEC], x2[VEC], o[VEC];
+    load_pack<T, VEC>(in.p[0] + off, x0);
+    load_pack<T, VEC>(in.p[1] + off, x1);
+    load_pack<T, VEC>(in.p[2] + off, x2);
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) o[j] = w[0][j] * x0[j] + w[1][j] * x1[j] + w[2][j] * x2[j];
+    store_pack<T, VEC>(out + off, o);
+  }
+}
+
+// One wave of resident blocks, spread over the B · C planes (NCHW) or the B · chunks channel slices (CL).
+template <typename T, int VEC>
+void launch_weighted_sum(const Inputs<T, 3>& in, const float* attn, int64_t B, int C, int64_t HW, bool nhwc, T* out,
                          cudaStream_t stream) {
-  const int64_t nvec = numel / VEC;
-  const int64_t blocks = std::min<int64_t>((nvec + kThreads - 1) / kThreads, int64_t(sm_count()) * 16);
-  weighted_sum_kernel<T, VEC, CL><<<blocks, kThreads, 0, stream>>>(in, attn, C, HW, nvec, out);
+  if (!nhwc) {
+    const int64_t tiles = (HW + kThreads * VEC - 1) / (kThreads * VEC);
+    const int64_t want = (resident_blocks(weighted_sum_nchw_kernel<T, VEC>, kThreads) + B * C - 1) / (B * C);
+    const dim3 grid(unsigned(std::min(tiles, want)), C, B);
+    weighted_sum_nchw_kernel<T, VEC><<<grid, kThreads, 0, stream>>>(in, attn, C, HW, out);
+  } else {
+    const int cv = C / VEC, chunks = (cv + kThreads - 1) / kThreads, tx = (cv + chunks - 1) / chunks;
+    const int ty = kThreads / tx;
+    const int64_t tiles = (HW + ty - 1) / ty;
+    const int64_t want = (resident_blocks(weighted_sum_nhwc_kernel<T, VEC>, tx * ty) + B * chunks - 1) / (B * chunks);
+    const dim3 grid(unsigned(std::min(tiles, want)), chunks, B);
+    weighted_sum_nhwc_kernel<T, VEC><<<grid, dim3(tx, ty), 0, stream>>>(in, attn, C, HW, out);
+  }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -110,10 +139,8 @@ at::Tensor skff_cuda(const at::Tensor& x0_in, const at::Tensor& x1_in, const at:
     constexpr int kVec = 16 / sizeof(T);
     const bool vec = plan.vec > 1 && aligned16(op);  // plan.vec: inputs aligned, contiguous dim % kVec == 0
     const float* ap = attn.const_data_ptr<float>();
-    if (nhwc && vec) launch_weighted_sum<T, kVec, true>(in, ap, int(C), HW, out.numel(), op, stream);
-    else if (nhwc) launch_weighted_sum<T, 1, true>(in, ap, int(C), HW, out.numel(), op, stream);
-    else if (vec) launch_weighted_sum<T, kVec, false>(in, ap, int(C), HW, out.numel(), op, stream);
-    else launch_weighted_sum<T, 1, false>(in, ap, int(C), HW, out.numel(), op, stream);
+    if (vec) launch_weighted_sum<T, kVec>(in, ap, B, int(C), HW, nhwc, op, stream);
+    else launch_weighted_sum<T, 1>(in, ap, B, int(C), HW, nhwc, op, stream);
   });
   return out;
 }
