@@ -39,13 +39,11 @@ inline void check_matrix(const char* op, const char* name, const at::Tensor& w, 
               w.scalar_type());
 }
 
-// r, x [B, C, H, W]; w_sa [1, 2, 5, 5]; w_ca_down [Cr, C(, 1, 1)]; w_ca_up [C, Cr(, 1, 1)]; w_out [C, 2C(, 1, 1)].
-inline void check_dau_tail(const at::Tensor& r, const at::Tensor& x, const at::Tensor& w_sa,
-                           const at::Tensor& w_ca_down, const at::Tensor& w_ca_up, const at::Tensor& w_out) {
-  const char* op = "dpir_fast::dau_tail";
+// r [B, C, H, W]; w_sa [1, 2, 5, 5]; w_ca_down [Cr, C(, 1, 1)]; w_ca_up [C, Cr(, 1, 1)]; w_out [C, 2C(, 1, 1)].
+inline void check_dau_weights(const char* op, const at::Tensor& r, const at::Tensor& w_sa,
+                              const at::Tensor& w_ca_down, const at::Tensor& w_ca_up, const at::Tensor& w_out) {
   TORCH_CHECK(r.dim() == 4, op, ": r must be [B, C, H, W], got shape ", r.sym_sizes());
   check_feature(op, "r", r, r);
-  check_feature(op, "x", x, r);
   const c10::SymInt& C = r.sym_size(1);
   TORCH_CHECK(w_sa.sym_numel() == 50 && w_sa.dim() == 4 && w_sa.sym_size(1) == 2, op,
               ": w_sa must be [1, 2, 5, 5], got shape ", w_sa.sym_sizes());
@@ -54,6 +52,13 @@ inline void check_dau_tail(const at::Tensor& r, const at::Tensor& x, const at::T
   check_matrix(op, "w_ca_down", w_ca_down, w_ca_down.sym_size(0), C, r);
   check_matrix(op, "w_ca_up", w_ca_up, C, w_ca_down.sym_size(0), r);
   check_matrix(op, "w_out", w_out, C, 2 * C, r);
+}
+
+// dau_tail: the weights as above, x with r's shape, dtype and device.
+inline void check_dau_tail(const at::Tensor& r, const at::Tensor& x, const at::Tensor& w_sa,
+                           const at::Tensor& w_ca_down, const at::Tensor& w_ca_up, const at::Tensor& w_out) {
+  check_dau_weights("dpir_fast::dau_tail", r, w_sa, w_ca_down, w_ca_up, w_out);
+  check_feature("dpir_fast::dau_tail", "x", x, r);
 }
 
 // x0, x1, x2 [B, C, H, W]; w_down [d, C(, 1, 1)]; prelu [1] or [d]; w_up0..2 [C, d(, 1, 1)].

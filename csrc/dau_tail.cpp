@@ -3,12 +3,14 @@
 //   2. per batch: s_ch (channel-attention MLP) folded into W₂' = W₂·diag(s_ch), packed with W₁ for the GEMM;
 //      s_sp = sigmoid(conv5×5(map));
 //   3. per pixel tile: [W₁; W₂'] · r_tile in 4×16 register blocks, each finished as out = x + s_sp·(W₁r) + W₂'r.
+// dau_attention: passes 1 and 2 alone, returning W₂' with W₁ and s_sp (the GEMM of CUDA's dau_tail is a Triton kernel).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <limits>
+#include <tuple>
 #include <vector>
 
 #include "common.h"
@@ -98,12 +100,11 @@ void reduce_pass(const T* r, const Shape& s, float* pad, float* chsum) {
 // [ceil(C/8)][C][16], columns W₁ᵀ of 8 channels, then W₂'ᵀ of the same 8.
 int64_t packed_size(const Shape& s) { return s.nhwc ? (s.C + 7) / 8 * s.C * 16 : (s.C + 1) / 2 * 4 * s.C; }
 
-// Pass 2a: s_ch = sigmoid(W_up relu(W_down mean_HW r)), W₂' = W₂·diag(s_ch), packed with W₁ into pack [B, packed].
-void fold_channel_attention(const float* chsum, const at::Tensor& wd, const at::Tensor& wu, const at::Tensor& wo,
-                            const Shape& s, float* pack) {
-  const int64_t C = s.C, Cr = wd.size(0), size = packed_size(s);
-  const float *pd = wd.data_ptr<float>(), *pu = wu.data_ptr<float>(), *po = wo.data_ptr<float>();
-  std::vector<float> hid(Cr), sch(C);
+// Pass 2a: sch [B, C] = sigmoid(W_up relu(W_down mean_HW r)).
+void channel_attention(const float* chsum, const at::Tensor& wd, const at::Tensor& wu, const Shape& s, float* sch) {
+  const int64_t C = s.C, Cr = wd.size(0);
+  const float *pd = wd.data_ptr<float>(), *pu = wu.data_ptr<float>();
+  std::vector<float> hid(Cr);
   for (int64_t b = 0; b < s.B; ++b) {
     for (int64_t j = 0; j < Cr; ++j) {
       float a = 0.f;
@@ -113,20 +114,33 @@ void fold_channel_attention(const float* chsum, const at::Tensor& wd, const at::
     for (int64_t c = 0; c < C; ++c) {
       float a = 0.f;
       for (int64_t j = 0; j < Cr; ++j) a += pu[c * Cr + j] * hid[j];
-      sch[c] = sigmoid(a);
+      sch[b * C + c] = sigmoid(a);
     }
-    float* w = pack + b * size;
-    std::fill(w, w + size, 0.f);
-    for (int64_t o = 0; o < C; ++o)
-      for (int64_t k = 0; k < C; ++k) {
-        const float w1 = po[o * 2 * C + k], w2 = po[o * 2 * C + C + k] * sch[k];
-        if (s.nhwc) {
-          w[((o / 8) * C + k) * 16 + o % 8] = w1, w[((o / 8) * C + k) * 16 + 8 + o % 8] = w2;
-        } else {
-          w[((o / 2) * 4 + o % 2) * C + k] = w1, w[((o / 2) * 4 + 2 + o % 2) * C + k] = w2;
-        }
-      }
   }
+}
+
+// Calls put(b, o, k, W₁[o, k], W₂[o, k]·s_ch[b, k]) for every image b, output channel o and input channel k.
+template <typename Put>
+void fold_weights(const float* sch, const at::Tensor& wo, const Shape& s, Put put) {
+  const int64_t C = s.C;
+  const float* po = wo.data_ptr<float>();
+  for (int64_t b = 0; b < s.B; ++b)
+    for (int64_t o = 0; o < C; ++o)
+      for (int64_t k = 0; k < C; ++k) put(b, o, k, po[o * 2 * C + k], po[o * 2 * C + C + k] * sch[b * C + k]);
+}
+
+// [W₁; W₂'] packed for output_pass, pack [B, packed_size].
+void pack_weights(const float* sch, const at::Tensor& wo, const Shape& s, float* pack) {
+  const int64_t C = s.C, size = packed_size(s);
+  std::fill(pack, pack + s.B * size, 0.f);
+  fold_weights(sch, wo, s, [&](int64_t b, int64_t o, int64_t k, float w1, float w2) {
+    float* w = pack + b * size;
+    if (s.nhwc) {
+      w[((o / 8) * C + k) * 16 + o % 8] = w1, w[((o / 8) * C + k) * 16 + 8 + o % 8] = w2;
+    } else {
+      w[((o / 2) * 4 + o % 2) * C + k] = w1, w[((o / 2) * 4 + 2 + o % 2) * C + k] = w2;
+    }
+  });
 }
 
 // Pass 2b: ssp [B, HW] = sigmoid(conv5×5(pad, w_sa)) (pad is zero-bordered, so no bounds checks).
@@ -222,23 +236,55 @@ at::Tensor dau_tail_cpu(const at::Tensor& r_in, const at::Tensor& x_in, const at
                 fmt == at::MemoryFormat::ChannelsLast};
   const auto f32 = r.options().dtype(at::kFloat);
   at::Tensor pad = at::zeros({s.B, 2, s.H + 4, s.W + 4}, f32), chsum = at::empty({s.B, s.C}, f32);
-  at::Tensor pack = at::empty({s.B, packed_size(s)}, f32), ssp = at::empty({s.B, s.HW}, f32);
+  at::Tensor sch = at::empty({s.B, s.C}, f32), pack = at::empty({s.B, packed_size(s)}, f32);
+  at::Tensor ssp = at::empty({s.B, s.HW}, f32);
   at::Tensor out = at::empty(r.sizes(), r.options().memory_format(fmt));
   const at::Tensor wsa = w_sa.to(at::kFloat).contiguous();
   DPIR_FAST_DISPATCH(r.scalar_type(), "dpir_fast::dau_tail", [&] {
     reduce_pass(r.const_data_ptr<scalar_t>(), s, pad.data_ptr<float>(), chsum.data_ptr<float>());
-    fold_channel_attention(chsum.data_ptr<float>(), as_matrix(w_ca_down), as_matrix(w_ca_up), as_matrix(w_out), s,
-                           pack.data_ptr<float>());
+    channel_attention(chsum.data_ptr<float>(), as_matrix(w_ca_down), as_matrix(w_ca_up), s, sch.data_ptr<float>());
+    pack_weights(sch.data_ptr<float>(), as_matrix(w_out), s, pack.data_ptr<float>());
     spatial_attention(pad.data_ptr<float>(), wsa.data_ptr<float>(), s, ssp.data_ptr<float>());
     output_pass(r.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), pack.data_ptr<float>(),
-                ssp.data_ptr<float>(), s,
-                out.data_ptr<scalar_t>());
+                ssp.data_ptr<float>(), s, out.data_ptr<scalar_t>());
   });
   return out;
 }
 
+// Passes 1 and 2 alone (the attention half of dau_tail; its GEMM runs elsewhere, e.g. kernels/dau_tail.py):
+// fold [B, C, 2C] in r's dtype, fold[b, k, o] = W₁[o, k] and fold[b, k, C + o] = W₂[o, k]·s_ch[b, k];
+// ssp [B, H, W] float32.
+std::tuple<at::Tensor, at::Tensor> dau_attention_cpu(const at::Tensor& r_in, const at::Tensor& w_sa,
+                                                     const at::Tensor& w_ca_down, const at::Tensor& w_ca_up,
+                                                     const at::Tensor& w_out) {
+  check_dau_weights("dpir_fast::dau_attention", r_in, w_sa, w_ca_down, w_ca_up, w_out);
+  const auto fmt = layout_of(r_in);
+  const at::Tensor r = r_in.contiguous(fmt);
+  const Shape s{r.size(0), r.size(1), r.size(2), r.size(3), r.size(2) * r.size(3),
+                fmt == at::MemoryFormat::ChannelsLast};
+  const auto f32 = r.options().dtype(at::kFloat);
+  at::Tensor pad = at::zeros({s.B, 2, s.H + 4, s.W + 4}, f32), chsum = at::empty({s.B, s.C}, f32);
+  at::Tensor sch = at::empty({s.B, s.C}, f32), ssp = at::empty({s.B, s.H, s.W}, f32);
+  at::Tensor fold = at::empty({s.B, s.C, 2 * s.C}, r.options().memory_format(at::MemoryFormat::Contiguous));
+  const at::Tensor wsa = w_sa.to(at::kFloat).contiguous();
+  DPIR_FAST_DISPATCH(r.scalar_type(), "dpir_fast::dau_attention", [&] {
+    reduce_pass(r.const_data_ptr<scalar_t>(), s, pad.data_ptr<float>(), chsum.data_ptr<float>());
+    channel_attention(chsum.data_ptr<float>(), as_matrix(w_ca_down), as_matrix(w_ca_up), s, sch.data_ptr<float>());
+    scalar_t* f = fold.data_ptr<scalar_t>();
+    fold_weights(sch.data_ptr<float>(), as_matrix(w_out), s, [&](int64_t b, int64_t o, int64_t k, float w1, float w2) {
+      scalar_t* row = f + (b * s.C + k) * 2 * s.C;
+      row[o] = static_cast<scalar_t>(w1), row[s.C + o] = static_cast<scalar_t>(w2);
+    });
+    spatial_attention(pad.data_ptr<float>(), wsa.data_ptr<float>(), s, ssp.data_ptr<float>());
+  });
+  return {fold, ssp};
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(dpir_fast, CPU, m) { m.impl("dau_tail", &dau_tail_cpu); }
+TORCH_LIBRARY_IMPL(dpir_fast, CPU, m) {
+  m.impl("dau_tail", &dau_tail_cpu);
+  m.impl("dau_attention", &dau_attention_cpu);
+}
 
 }  // namespace dpir_fast

@@ -1,5 +1,8 @@
 """The one place that loads the compiled extension ``dpir_fast._C`` (csrc/: MIRNet's ``dau_tail`` and ``skff``).
 
+On CUDA, ``dau_tail`` is the extension's ``dau_attention`` followed by a Triton GEMM (kernels/dau_tail.py), which
+loading registers as the op's CUDA kernel when Triton is importable.
+
 Loading is lazy: ``import dpir_fast`` never touches _C; the first op that asks for the "ext" family (through
 ``_backend``) loads it. A failure is kept, explained (a torch/extension version mismatch gets its own sentence)
 and warned about once per process; the ops then run their reference. ``DPIR_FAST_DISABLE_EXT=1`` hides the
@@ -66,11 +69,25 @@ def load(warn: bool = True) -> ModuleType | None:
                 _state["module"] = importlib.import_module(MODULE)
             except Exception as err:  # noqa: BLE001 -- a broken build must never break `import dpir_fast`
                 _state["error"] = explain(err, build_info())
+            else:
+                if has_cuda_kernels():
+                    _register_triton_gemm()
     if "error" in _state and warn and not _state.get("warned"):
         _state["warned"] = True
         warnings.warn(f"{_state['error']}. MIRNet's attention ops (dau_tail, skff) run the PyTorch reference.",
                       RuntimeWarning, stacklevel=3)
     return _state.get("module")
+
+
+def _register_triton_gemm() -> None:
+    """dau_tail's CUDA kernel: dau_attention and the Triton GEMM of kernels/dau_tail.py, when Triton is installed."""
+    try:
+        from dpir_fast.kernels import dau_tail
+    except ModuleNotFoundError as err:
+        if err.name != "triton":
+            raise
+        return
+    dau_tail.register()
 
 
 def load_error() -> str | None:
@@ -81,10 +98,11 @@ def load_error() -> str | None:
 
 def has_cuda_kernels() -> bool:
     """Whether the loaded _C registered CUDA kernels (it was built with nvcc)."""
-    if load(warn=False) is None:
+    if "module" not in _state:
         return False
-    if "cuda" not in _state:
-        _state["cuda"] = torch._C._dispatch_has_kernel_for_dispatch_key("dpir_fast::dau_tail", "CUDA")
+    if "cuda" not in _state:  # (an extension built before dau_attention existed has no such op: not ours)
+        _state["cuda"] = hasattr(torch.ops.dpir_fast, "dau_attention") and \
+            torch._C._dispatch_has_kernel_for_dispatch_key("dpir_fast::dau_attention", "CUDA")
     return _state["cuda"]
 
 
@@ -93,6 +111,9 @@ def unavailable_reason(device: torch.device | str) -> str | None:
     device = torch.device(device)
     if load() is None:
         return _state["error"]
+    if device.type == "cuda" and has_cuda_kernels() and not torch._C._dispatch_has_kernel_for_dispatch_key(
+            "dpir_fast::dau_tail", "CUDA"):
+        return "dau_tail's CUDA GEMM is a Triton kernel and Triton is not installed (pip install triton)"
     if device.type == "cpu" or (device.type == "cuda" and has_cuda_kernels()):
         return None
     if device.type == "cuda":

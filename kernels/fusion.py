@@ -8,7 +8,8 @@ mix w⊙f_IR + (1 − w)⊙f_D straight into the decoder's buffer. The last conv
 sampler update of kernels/sampler.py as its epilogue, so x0̂ is only stored when it is the output.
 
 A conv is a GEMM with M = pixels, N = output channels, K = 9·C_in (tap-major, C_in zero-padded to
-BLOCK_K): tl.dot with float32 accumulation, bf16/fp16 on tensor cores, IEEE float32 for float32.
+BLOCK_K): tl.dot with float32 accumulation on tensor cores, bf16/fp16 MMA, 3×TF32 for float32
+(sampler.dot_precision).
 """
 from __future__ import annotations
 
@@ -22,60 +23,74 @@ ACTS = {"none": 0, "relu": 1, "lrelu": 2}
 
 
 @triton.jit
-def pixel_rows(pid, HW, W, BLOCK_M: tl.constexpr):
-    """Rows m of a tile over images·H·W pixels: (m, image, p, y, x), int64 after the int32 divisions."""
-    m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
-    p = m % HW
-    return m, (m // HW).to(tl.int64), p.to(tl.int64), (p // W).to(tl.int64), (p % W).to(tl.int64)
+def pixel_tile(pid, H, W, TILE_W: tl.constexpr, BLOCK_M: tl.constexpr):
+    """A 2-D patch (BLOCK_M / TILE_W rows × TILE_W columns) of one image, program ``pid`` of
+    images × ⌈H/rows⌉ × ⌈W/TILE_W⌉: (valid, m = image·H·W + p, image, p, y, x), int64 but m.
+
+    Square-ish patches make the 9 taps' shifted loads overlap: a block reads its patch and a one-pixel
+    halo, (rows + 2)(TILE_W + 2) pixels for BLOCK_M outputs, which the loop below reads tap after tap.
+    """
+    tile_h: tl.constexpr = BLOCK_M // TILE_W
+    tiles_x = tl.cdiv(W, TILE_W)
+    per_image = tiles_x * tl.cdiv(H, tile_h)
+    img, t = pid // per_image, pid % per_image
+    i = tl.arange(0, BLOCK_M)
+    y = (t // tiles_x) * tile_h + i // TILE_W
+    x = (t % tiles_x) * TILE_W + i % TILE_W
+    p = y * W + x
+    return ((y < H) & (x < W), img * H * W + p, img.to(tl.int64), p.to(tl.int64), y.to(tl.int64),
+            x.to(tl.int64))
 
 
 @triton.jit
 def conv_acc(src, base, sc, sh, sw, y, x, m_ok, w_ptr, n, H, W, C_IN, K_CHUNKS: tl.constexpr,
              N_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-             DOT_FP32: tl.constexpr):
+             PRECISION: tl.constexpr):
     """[BLOCK_M, BLOCK_N] float32: the 3×3 conv (zero padding) at pixels (y, x), ``src + base`` each.
 
-    One flat loop over K = (tap, C_in chunk), so the pipeliner double-buffers one A and one W tile.
+    One flat loop over K = (C_in chunk, tap), so the pipeliner double-buffers one A and one W tile, and
+    the 9 shifted reads of a chunk follow each other while the patch is in L1/L2.
     """
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     k = tl.arange(0, BLOCK_K).to(tl.int64)
     w_tile = w_ptr + k[:, None] * N_PAD + n[None, :]
     for kk32 in range(9 * K_CHUNKS):
         kk = tl.cast(kk32, tl.int64)
-        tap = kk // K_CHUNKS
+        chunk = kk // 9
+        tap = kk % 9
         dy = tap // 3 - 1
         dx = tap % 3 - 1
-        ci = (kk % K_CHUNKS) * BLOCK_K + k
+        ci = chunk * BLOCK_K + k
         yy = y + dy
         xx = x + dx
         ok = m_ok & (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
         rows = base + (dy * sh + dx * sw)
         a = tl.load(src + rows[:, None] + (ci * sc)[None, :], mask=ok[:, None] & (ci < C_IN)[None, :], other=0.0)
-        wt = tl.load(w_tile + kk * (BLOCK_K * N_PAD))
-        if DOT_FP32:
+        wt = tl.load(w_tile + (tap * K_CHUNKS + chunk) * (BLOCK_K * N_PAD))
+        if PRECISION == "ieee":   # the interpreter
             acc = tl.dot(a.to(tl.float32), wt.to(tl.float32), acc, input_precision="ieee")
         else:
-            acc = tl.dot(a.to(wt.dtype), wt, acc)
+            acc = tl.dot(a.to(wt.dtype), wt, acc, input_precision=PRECISION)
     return acc
 
 
 @triton.jit
 def conv3x3_kernel(src, s_b, s_c, s_h, s_w, w_ptr, bias_ptr, dst, d_row, mix_off, tw_ptr, tw_b, res_scale,
-                   ROWS, H, W, C_IN, C_OUT, ACT: tl.constexpr, EPI: tl.constexpr, K_CHUNKS: tl.constexpr,
+                   H, W, C_IN, C_OUT, ACT: tl.constexpr, EPI: tl.constexpr, TILE_W: tl.constexpr,
+                   K_CHUNKS: tl.constexpr,
                    N_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                   DOT_FP32: tl.constexpr):
-    """Grid (cdiv(ROWS, BLOCK_M), cdiv(C_OUT, BLOCK_N)) over ROWS = images·H·W pixels; dst [ROWS, ·] rows.
+                   PRECISION: tl.constexpr):
+    """Grid (patches (pixel_tile), cdiv(C_OUT, BLOCK_N)); dst [images·H·W, ·] rows.
 
     EPI_ACT: act(conv + bias). EPI_RESIDUAL: x + res_scale·(conv + bias), x = channels [0, C_OUT) of
     the input. EPI_MIX: that for image b (w) and for the image at ``mix_off`` (1 − w), w = tw[b].
     """
-    m, img, p, y, x = pixel_rows(tl.program_id(0), H * W, W, BLOCK_M)
-    m_ok = m < ROWS
+    m_ok, m, img, p, y, x = pixel_tile(tl.program_id(0), H, W, TILE_W, BLOCK_M)
     n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = n < C_OUT
     base = img * s_b + y * s_h + x * s_w
     acc = conv_acc(src, base, s_c, s_h, s_w, y, x, m_ok, w_ptr, n, H, W, C_IN, K_CHUNKS, N_PAD, BLOCK_M,
-                   BLOCK_N, BLOCK_K, DOT_FP32)
+                   BLOCK_N, BLOCK_K, PRECISION)
     bias = tl.load(bias_ptr + n)[None, :]
     mask = m_ok[:, None] & n_ok[None, :]
     if EPI == 0:
@@ -89,7 +104,7 @@ def conv3x3_kernel(src, s_b, s_c, s_h, s_w, w_ptr, bias_ptr, dst, d_row, mix_off
         out = tl.load(src + res, mask=mask, other=0.0).to(tl.float32) + res_scale * (acc + bias)
         if EPI == 2:
             acc = conv_acc(src, base + mix_off, s_c, s_h, s_w, y, x, m_ok, w_ptr, n, H, W, C_IN, K_CHUNKS, N_PAD,
-                           BLOCK_M, BLOCK_N, BLOCK_K, DOT_FP32)
+                           BLOCK_M, BLOCK_N, BLOCK_K, PRECISION)
             f_d = tl.load(src + mix_off + res, mask=mask, other=0.0).to(tl.float32) + res_scale * (acc + bias)
             w = tl.load(tw_ptr + img[:, None] * tw_b + n[None, :], mask=mask, other=0.0)
             out = w * out + (1.0 - w) * f_d
@@ -98,21 +113,20 @@ def conv3x3_kernel(src, s_b, s_c, s_h, s_w, w_ptr, bias_ptr, dst, d_row, mix_off
 
 
 @triton.jit(do_not_specialize=["step"])
-def conv_out_kernel(src, s_b, s_c, s_h, s_w, w_ptr, bias_ptr, ROWS, H, W, C_IN, ir_ptr, ir_b, ir_c, ir_h, ir_w,
+def conv_out_kernel(src, s_b, s_c, s_h, s_w, w_ptr, bias_ptr, H, W, C_IN, ir_ptr, ir_b, ir_c, ir_h, ir_w,
                     xt_ptr, xt_b, xt_c, xt_h, xt_w, out_ptr, den_ptr, den_b, den_c, den_w, key_ptr,
                     a, b, sigma, den_scale, den_level, step, C: tl.constexpr,
                     RESIDUAL: tl.constexpr, HAS_XT: tl.constexpr, NOISE: tl.constexpr, WRITE_DEN: tl.constexpr,
-                    K_CHUNKS: tl.constexpr, N_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
-                    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_FP32: tl.constexpr):
-    """Grid (cdiv(ROWS, BLOCK_M),), ROWS = B·H·W: x0̂ = conv + bias (+ x_IR), x_next = a·x0̂ + b·x_t + σ·z.
+                    TILE_W: tl.constexpr, K_CHUNKS: tl.constexpr, N_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
+                    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
+    """Grid (patches of B images (pixel_tile),): x0̂ = conv + bias (+ x_IR), x_next = a·x0̂ + b·x_t + σ·z.
 
     x_next goes to ``out`` [B, C, H, W] float32; with WRITE_DEN the denoiser input [B, C + 1, H, W] too.
     """
-    m, img, p, y, x = pixel_rows(tl.program_id(0), H * W, W, BLOCK_M)
-    m_ok = m < ROWS
+    m_ok, m, img, p, y, x = pixel_tile(tl.program_id(0), H, W, TILE_W, BLOCK_M)
     n = tl.arange(0, BLOCK_N)
     acc = conv_acc(src, img * s_b + y * s_h + x * s_w, s_c, s_h, s_w, y, x, m_ok, w_ptr, n, H, W, C_IN, K_CHUNKS,
-                   N_PAD, BLOCK_M, BLOCK_N, BLOCK_K, DOT_FP32)
+                   N_PAD, BLOCK_M, BLOCK_N, BLOCK_K, PRECISION)
     seed, noise_off, plane = noise_base(key_ptr, img, y, x, step, m_ok)
     den_off = img * den_b + p * den_w
     for c in tl.static_range(C):

@@ -17,11 +17,13 @@ from dpir_fast.engine import versions
 from dpir_fast.models.fusion import DenseBlock, FusionNet
 
 from .fusion import ACTS, EPI_ACT, EPI_MIX, EPI_RESIDUAL, conv3x3_kernel, conv_out_kernel
-from .sampler import check_den, check_extent, check_out, check_rows, key_tensor, on_tensor_device
+from .sampler import (check_den, check_extent, check_grid, check_out, check_rows, dot_precision,
+                      key_tensor, on_tensor_device)
 
 # Pixel tile per conv: the mix conv holds two accumulators, and IEEE float32 dots (CUDA-core FMA) hold
 # their operands in registers, so both take smaller tiles (sizes checked against ptxas for sm_80/sm_90).
 BLOCK_M, BLOCK_M_MIX = 128, 64
+PATCH_W = 16   # a block's pixels are a patch 16 wide (fewer at narrow images): 8 rows × 16 at BLOCK_M = 128
 # The interpreter pays per operation, not per element: whole-batch tiles and one K chunk there, unless a
 # test asks for the GPU's tiling (to cover the chunk loop and tile edges).
 INTERPRETER_TILES = True
@@ -99,30 +101,34 @@ def packed_fusion(net: FusionNet, dtype: torch.dtype) -> dict:
     return per_module[key][1]
 
 
-def _dot_fp32(dtype: torch.dtype) -> bool:
-    # The interpreter's tl.dot reads bf16 as raw integers: it gets float32 operands of the same values.
-    return dtype == torch.float32 or (dtype == torch.bfloat16 and interpreting())
+def _patch(size, mix: bool, dtype: torch.dtype) -> tuple[int, int]:
+    """(BLOCK_M, TILE_W): pixels of a block and the width of its patch (fusion.pixel_tile)."""
+    height, width = size
+    if _big_tiles():   # one patch per image
+        tile_w = min(triton.next_power_of_2(width), 1 << 12)
+        return min(tile_w * triton.next_power_of_2(height), 1 << 12), tile_w
+    block_m = (BLOCK_M_MIX if mix else BLOCK_M) // (2 if dtype == torch.float32 else 1)
+    return block_m, min(PATCH_W, triton.next_power_of_2(width))
 
 
-def _block_m(rows: int, mix: bool, dtype: torch.dtype) -> int:
-    if _big_tiles():
-        return min(triton.next_power_of_2(rows), 1 << 12)
-    return (BLOCK_M_MIX if mix else BLOCK_M) // (2 if dtype == torch.float32 else 1)
+def _patches(images: int, size, block_m: int, tile_w: int) -> int:
+    """Programs over ``images`` images in patches of block_m pixels, tile_w wide."""
+    height, width = size
+    return check_grid(images * triton.cdiv(height, block_m // tile_w) * triton.cdiv(width, tile_w))
 
 
 def _conv(pc: PackedConv, src, strides, dst: torch.Tensor, images: int, size, act: int = 0, epi: int = EPI_ACT,
           res_scale: float = 0.0, mix_off: int = 0, tw: torch.Tensor | None = None):
     """conv3x3_kernel over ``images`` images of ``size``; dst: a [rows, channels] view (row stride)."""
     height, width = size
-    rows = images * height * width
-    block_m = _block_m(rows, epi == EPI_MIX, pc.weight.dtype)
-    grid = (triton.cdiv(rows, block_m), triton.cdiv(pc.c_out, pc.block_n))
+    block_m, tile_w = _patch(size, epi == EPI_MIX, pc.weight.dtype)
+    grid = (_patches(images, size, block_m, tile_w), triton.cdiv(pc.c_out, pc.block_n))
     tw_b = tw.stride(0) if tw is not None and tw.shape[0] > 1 else 0
     conv3x3_kernel[grid](src, *strides, pc.weight, pc.bias, dst, dst.stride(0), mix_off,
-                         tw if tw is not None else pc.bias, tw_b, res_scale, rows, height, width, pc.c_in, pc.c_out,
-                         ACT=act, EPI=epi, K_CHUNKS=pc.k_chunks, N_PAD=pc.weight.shape[1], BLOCK_M=block_m,
-                         BLOCK_N=pc.block_n, BLOCK_K=pc.block_k, DOT_FP32=_dot_fp32(pc.weight.dtype),
-                         num_warps=4, num_stages=3)
+                         tw if tw is not None else pc.bias, tw_b, res_scale, height, width, pc.c_in, pc.c_out,
+                         ACT=act, EPI=epi, TILE_W=tile_w, K_CHUNKS=pc.k_chunks, N_PAD=pc.weight.shape[1],
+                         BLOCK_M=block_m, BLOCK_N=pc.block_n, BLOCK_K=pc.block_k,
+                         PRECISION=dot_precision(pc.weight.dtype), num_warps=4, num_stages=3)
 
 
 @on_tensor_device
@@ -153,7 +159,7 @@ def fusion_forward(net: FusionNet, x_ir: torch.Tensor, x_den: torch.Tensor, weig
     n_feat, growth = net.config["n_feat"], net.config["growth"]
     act, width_buf = ACTS[net.config["act"]], n_feat + 4 * growth
     nhwc = (hw * width_buf, 1, width * width_buf, width_buf)
-    check_rows(2 * batch * hw, _block_m(2 * batch * hw, False, dtype))   # the encoder's 2B images, the most rows
+    check_rows(2 * batch * hw)   # the encoder's 2B images, the most rows
     enc = torch.empty(2 * batch * hw, width_buf, dtype=dtype, device=x_ir.device)
     decs = [torch.empty(batch * hw, width_buf, dtype=dtype, device=x_ir.device)
             for _ in range(min(2, len(net.decoder) + 1))]
@@ -175,12 +181,12 @@ def fusion_forward(net: FusionNet, x_ir: torch.Tensor, x_den: torch.Tensor, weig
     has_xt = x_t is not None and b != 0
     xt = check_extent(x_t) if has_xt else out
     pc = packed["conv_out"]
-    block_m = _block_m(batch * hw, False, dtype)
-    conv_out_kernel[(triton.cdiv(batch * hw, block_m),)](
-        src, *nhwc, pc.weight, pc.bias, batch * hw, height, width, pc.c_in, x_ir, *x_ir.stride(), xt, *xt.stride(), out,
+    block_m, tile_w = _patch(size, False, dtype)
+    conv_out_kernel[(_patches(batch, size, block_m, tile_w),)](
+        src, *nhwc, pc.weight, pc.bias, height, width, pc.c_in, x_ir, *x_ir.stride(), xt, *xt.stride(), out,
         den, den.stride(0), den.stride(1), den.stride(3), keys, a, b, sigma, den_scale, den_level, step,
         C=channels, RESIDUAL=net.config["residual"] == "ir", HAS_XT=has_xt,
-        NOISE=sigma > 0, WRITE_DEN=den_dtype is not None, K_CHUNKS=pc.k_chunks,
+        NOISE=sigma > 0, WRITE_DEN=den_dtype is not None, TILE_W=tile_w, K_CHUNKS=pc.k_chunks,
         N_PAD=pc.weight.shape[1], BLOCK_M=block_m, BLOCK_N=pc.block_n, BLOCK_K=pc.block_k,
-        DOT_FP32=_dot_fp32(dtype), num_warps=4, num_stages=3)
+        PRECISION=dot_precision(dtype), num_warps=4, num_stages=3)
     return (out, den) if den_dtype is not None else out

@@ -100,6 +100,15 @@ def on_tensor_device(launcher):
     return wrapper
 
 
+def dot_precision(dtype: torch.dtype) -> str:
+    """``tl.dot``'s input_precision for operands of ``dtype``: 3×TF32 for float32 on a GPU (tensor cores at
+    float32-level error), the dtype's own MMA for bf16/fp16 (the argument is then unused); "ieee" under the
+    interpreter, whose dot reads bf16 as raw integers, so there the kernels give it float32 operands."""
+    if interpreting():
+        return "ieee"
+    return "tf32x3" if dtype == torch.float32 else "tf32"
+
+
 def key_tensor(seeds, shape, full_size, origin, device) -> torch.Tensor:
     """Noise keys [B, 4] int64 on ``device`` (:func:`~dpir_fast.reference.noise.noise_keys`); keys already
     there are used as is, so static buffers stay static."""
@@ -150,9 +159,9 @@ def check_grid(programs: int) -> int:
     return programs
 
 
-def check_rows(rows: int, block: int) -> int:
-    """``rows`` (pixels over a batch, a kernel's int32 row index) if its last tile's indices stay below 2³¹."""
-    if triton.cdiv(rows, block) * block > MAX_INDEX:
+def check_rows(rows: int) -> int:
+    """``rows`` (pixels over a batch, a kernel's int32 row index) if they stay below 2³¹."""
+    if rows > MAX_INDEX:
         raise ValueError(f"{rows} pixels in one fused call exceed the kernels' int32 row index (2**31 - 1); "
                          "split the batch or sample in tiles")
     return rows

@@ -1,16 +1,21 @@
 """dau_tail: the fused op of dpir_fast._C against reference/dau_tail.py::dau_tail_ref (DESIGN.md §4, §5.2).
 
 Random inputs and weights, MIRNet's channel counts, odd sizes, batch > 1, every layout; CUDA cases where a GPU is.
+The CUDA op is the extension's dau_attention and the Triton GEMM of kernels/dau_tail.py; that GEMM runs here on
+CPU tensors under the interpreter with the GPU's tiling.
 """
 import pytest
 import torch
+import torch.nn.functional as F
 
 from dpir_fast import ops
 from dpir_fast.models.mirnet import DAU
 from dpir_fast.reference import dau_tail_ref
 
-from .conftest import (as_layout, assert_close_to_ref, assert_cuda_graph_replays, nan_cases, op_cases, requires_cuda,
-                       requires_ext, with_nans)
+from .conftest import (DEVICE, LAYOUTS, OP_SHAPES, as_layout, assert_close_to_ref, assert_cuda_graph_replays,
+                       nan_cases, op_cases, requires_cuda, requires_ext, with_nans)
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
 
 def make_case(B: int, C: int, H: int, W: int, seed: int = 0):
@@ -23,10 +28,11 @@ def make_case(B: int, C: int, H: int, W: int, seed: int = 0):
     return r, x, weights
 
 
-def check(case, dtype, layout, device):
+def check(case, dtype, layout, device, op=None):
     r, x, weights = case
     rl, xl = (as_layout(t.to(device, dtype), layout) for t in (r, x))
-    fast = ops.dau_tail(rl, xl, *(w.to(device) for w in weights), backend="ext")
+    op = op or (lambda *args: ops.dau_tail(*args, backend="ext"))
+    fast = op(rl, xl, *(w.to(device) for w in weights))
     assert fast.shape == r.shape and fast.dtype == dtype and fast.device == rl.device
     if layout == "channels_last":
         assert fast.is_contiguous(memory_format=torch.channels_last)
@@ -40,6 +46,36 @@ def test_matches_reference(shape, dtype, layout, device):
     check(make_case(*shape), dtype, layout, device)
 
 
+@requires_ext
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", OP_SHAPES[:5], ids=lambda s: "x".join(map(str, s)))
+def test_triton_gemm_matches_reference(shape, dtype, layout, device):
+    """kernels/dau_tail.py (dau_attention + the tensor-core GEMM), on the GPU or under the interpreter."""
+    from dpir_fast.kernels import dau_tail
+    check(make_case(*shape), dtype, layout, device, dau_tail.dau_tail)
+
+
+@requires_ext
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dau_attention_returns_the_folded_weights_and_spatial_attention(dtype, layout):
+    """fold[b, k, o] = W₁[o, k], fold[b, k, C + o] = W₂[o, k]·s_ch[b, k]; s_sp = sigmoid(conv5×5([max_C, mean_C]))."""
+    r, _, (w_sa, w_down, w_up, w_out) = make_case(3, 24, 7, 5)
+    fold, ssp = torch.ops.dpir_fast.dau_attention(as_layout(r.to(DEVICE, dtype), layout), *(
+        w.to(DEVICE) for w in (w_sa, w_down, w_up, w_out)))
+    rd = r.to(dtype).double()
+    s_ch = torch.sigmoid(F.conv2d(F.relu(F.conv2d(rd.mean((2, 3), keepdim=True), w_down.double())), w_up.double()))
+    w1, w2 = w_out.double()[:, :24, 0, 0], w_out.double()[:, 24:, 0, 0]
+    expected = torch.cat([w1.t().expand(3, 24, 24), w2.t() * s_ch.view(3, 24, 1)], 2)
+    pooled = torch.cat([rd.amax(1, keepdim=True), rd.mean(1, keepdim=True)], 1)
+    assert fold.dtype == dtype and fold.shape == (3, 24, 48) and ssp.dtype == torch.float32 and ssp.shape == (3, 7, 5)
+    rtol = 1e-5 if dtype == torch.float32 else 2 * torch.finfo(dtype).eps   # one rounding of W₂[o, k]·s_ch[b, k]
+    torch.testing.assert_close(fold.cpu().double(), expected.to(dtype).double(), rtol=rtol, atol=1e-6)
+    torch.testing.assert_close(ssp.cpu().double(), torch.sigmoid(F.conv2d(pooled, w_sa.double(), padding=2))[:, 0],
+                               rtol=1e-5, atol=1e-6)
+
+
 @nan_cases
 def test_nan_propagates_as_in_the_reference(shape, dtype, layout, device):
     """NaN in x: NaN at those outputs only. Two NaN in r (image 0): its channel means are NaN, so through the
@@ -51,6 +87,9 @@ def test_nan_propagates_as_in_the_reference(shape, dtype, layout, device):
     expected[0] = True
     assert torch.equal(dau_tail_ref(r, x, *weights).isnan(), expected)
     check((r, x, weights), dtype, layout, device)
+    if device == "cpu":  # on CUDA the op above is this path
+        from dpir_fast.kernels import dau_tail
+        check((r, x, weights), dtype, layout, device, dau_tail.dau_tail)
 
 
 @requires_ext

@@ -90,6 +90,8 @@ def test_build_record_matches_the_running_torch():
     assert {"dau_tail.cpp", "skff.cpp", "registration.cpp"} <= set(info["sources"])
     if info["cuda"]:  # built by nvcc: the CUDA kernels are registered even with no GPU here
         assert {"dau_tail_kernel.cu", "skff_kernel.cu"} <= set(info["sources"]) and _ext.has_cuda_kernels()
+        # dau_tail's CUDA kernel: the extension's dau_attention, then the Triton GEMM, registered on load
+        assert torch._C._dispatch_has_kernel_for_dispatch_key("dpir_fast::dau_tail", "CUDA")
     assert _ext.unavailable_reason("cpu") is None
 
 
@@ -102,6 +104,7 @@ def test_fake_kernels_and_compile(layout):
     feats = [as_layout(f, layout) for f in feats]
     tests = ("test_schema", "test_faketensor")
     torch.library.opcheck(torch.ops.dpir_fast.dau_tail.default, (r, x, *weights), test_utils=tests)
+    torch.library.opcheck(torch.ops.dpir_fast.dau_attention.default, (r, *weights), test_utils=tests)
     torch.library.opcheck(torch.ops.dpir_fast.skff.default, (*feats, w_down, prelu, *w_up), test_utils=tests)
 
     def both(r, x, a, b, c):

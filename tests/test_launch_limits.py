@@ -35,9 +35,9 @@ def test_grid_and_row_index_limits_are_clear_errors():
     assert sampler.check_grid(2**31 - 1) == 2**31 - 1
     with pytest.raises(ValueError, match="thread blocks exceed CUDA's 2\\*\\*31 - 1"):
         sampler.check_grid(2**31)
-    assert sampler.check_rows(2**31 - 128, 128) == 2**31 - 128
+    assert sampler.check_rows(2**31 - 1) == 2**31 - 1
     with pytest.raises(ValueError, match="int32 row index"):
-        sampler.check_rows(2**31 - 127, 128)   # the last tile's rows would pass 2**31 - 1
+        sampler.check_rows(2**31)
 
 
 @torch.no_grad()
