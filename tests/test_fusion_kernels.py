@@ -84,12 +84,13 @@ def test_other_configs(config, device):
 
 
 def test_gpu_tiling_chunks_and_edges(monkeypatch, device):
-    """The GPU's tile sizes: several M tiles per image, several K chunks, several N tiles."""
+    """The GPU's tile sizes: several 2-D patches per image across and down (edges on both), several K chunks,
+    several N tiles."""
     fusion_net = ops._kernels().fusion_net
     monkeypatch.setattr(fusion_net, "INTERPRETER_TILES", False)
     monkeypatch.setattr(fusion_net, "MAX_BLOCK_N", 16)
     net = make(device, n_feat=32, growth=8, time_hidden=8)
-    x_ir, x_den = estimates(device, (1, 3, 13, 11), torch.bfloat16)
+    x_ir, x_den = estimates(device, (2, 3, 13, 37), torch.bfloat16)
     assert_close_to_ref(ops.fusion(net, x_ir, x_den, 40, dtype=torch.bfloat16, backend="triton"),
                         *references(net, x_ir, x_den, 40, torch.bfloat16), torch.bfloat16)
 
@@ -176,16 +177,28 @@ def test_with_gradients_wanted_auto_runs_the_module_and_triton_is_an_error(devic
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the tests above compile and run the kernels")
 def test_every_kernel_variant_compiles_for_sm90():
-    """Triton's frontend, LLVM and ptxas for an H100/H200 target on this CPU machine (kernels/compile_check.py;
-    ``python kernels/compile_check.py 80 90`` checks A100 too and prints registers and spills)."""
+    """Triton's frontend, LLVM and ptxas for an H100/H200 target on this CPU machine, then kernels/compile_check.py's
+    rules on every Triton variant and, where _C was built for sm_90, every _C function: no spills, shared memory
+    within the device, GEMM-shaped kernels on tensor cores (``python kernels/compile_check.py 80 90`` adds A100)."""
     import os
+    import re
     import subprocess
     import sys
     from pathlib import Path
+
+    from dpir_fast import _ext
 
     script = Path(__file__).resolve().parent.parent / "kernels" / "compile_check.py"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     run = subprocess.run([sys.executable, str(script), "90", "--dtypes", "float32,bfloat16"], env=env,
                          capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert run.stdout.count("kernel=conv3x3_kernel") >= 10 and "kernel=conv_out_kernel" in run.stdout
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
+    rows = [line.split() for line in run.stdout.splitlines() if line.strip()]
+    convs = [row for row in rows if row[0] in ("conv3x3_kernel", "conv_out_kernel", "dau_tail_kernel")]
+    assert sum(row[0] == "conv3x3_kernel" for row in convs) >= 10 and any(row[0] == "conv_out_kernel" for row in convs)
+    assert any(row[0] == "dau_tail_kernel" for row in convs) == (_ext.load_error() is None)
+    # column 6 is the tensor-core instruction: bf16 operands for bfloat16, TF32 for float32
+    assert any(row[5].endswith(".BF16") for row in convs) and any(row[5].endswith(".TF32") for row in convs)
+    info = _ext.build_info() or {}
+    if info.get("cuda") and re.search(r"(^|[;\s])9\.0", info.get("arch_list") or ""):
+        assert "sm_90 _C kernels in" in run.stdout and any("weighted_sum" in row[0] for row in rows)
