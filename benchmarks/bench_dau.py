@@ -3,7 +3,8 @@
     python benchmarks/bench_dau.py [--device cpu|cuda] [--repeats N] [--no-history]
 
 CPU (the default without a GPU): float32 at MIRNet's three levels, the first being the target case 4×64×128×128.
-CUDA: float32/bfloat16, NCHW/channels_last, and achieved GB/s against the device's measured copy bandwidth.
+CUDA: float32/bfloat16, NCHW/channels_last, and achieved GB/s against the device's measured copy bandwidth; on a
+GPU roofline.py lists, "of floor" = its modelled floor / the measured time.
 The runner here (``run``) also serves bench_skff.py and bench_mirnet.py.
 """
 from __future__ import annotations
@@ -17,12 +18,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import append_history, copy_bandwidth, copy_row, print_table, time_ms  # noqa: E402
+import roofline  # noqa: E402
 
 from dpir_fast import ops  # noqa: E402
 from dpir_fast.models.mirnet import DAU  # noqa: E402
 
-# (B, C, H, W): MIRNet-S's levels for a 4×128×128 batch
+# (B, C, H, W): MIRNet-S's levels for a 4×128×128 batch; on a GPU also the bandwidth target of issue 13
+# (8×64×1024², where the floor is 4.3 GB of DRAM traffic, not launch latency)
 SHAPES = [(4, 64, 128, 128), (4, 128, 64, 64), (4, 256, 32, 32)]
+GPU_SHAPES = [*SHAPES, (8, 64, 1024, 1024)]
 
 
 def parse(doc: str, repeats: int = 10) -> argparse.Namespace:
@@ -41,10 +45,11 @@ def variants(device: torch.device) -> list[tuple[torch.dtype, torch.memory_forma
 
 def run(name: str, cases: list[tuple[str, Callable, Callable, int]], args: argparse.Namespace,
         bandwidth: float | None = None) -> list[dict]:
-    """Time each (case, reference, fused, bytes the fused op must move) and print/append the table."""
+    """Time each (case, reference, fused, bytes the fused op must move[, roofline.Op]) and print/append the table;
+    with the Op, "of floor" = the roofline floor / the fused time (on a GPU roofline.py lists)."""
     device = torch.device(args.device)
     rows = []
-    for case, reference, fused, nbytes in cases:
+    for case, reference, fused, nbytes, *model in cases:
         with torch.no_grad():
             ref_ms, ref_spread = time_ms(reference, device, repeats=args.repeats)
             fast_ms, fast_spread = time_ms(fused, device, repeats=args.repeats)
@@ -53,6 +58,9 @@ def run(name: str, cases: list[tuple[str, Callable, Callable, int]], args: argpa
         if bandwidth:
             gbs = nbytes / fast_ms / 1e6
             row.update({"GB/s": f"{gbs:.0f}", "of copy": f"{100 * gbs / bandwidth:.0f}%"})
+        floor = roofline.of_floor(model[0] if model else None, device, fast_ms)
+        if floor is not None:
+            row["of floor"] = f"{100 * floor:.0f}%"
         rows.append(row)
         history = [{"benchmark": name, "case": case, "backend": "reference", "median_ms": ref_ms,
                     "spread_ms": ref_spread},
@@ -61,6 +69,9 @@ def run(name: str, cases: list[tuple[str, Callable, Callable, int]], args: argpa
         if bandwidth:
             history.append({"benchmark": name, "case": case, "backend": "ext", "median_ms": fast_ms,
                             "metric": "GB/s", "value": nbytes / fast_ms / 1e6})
+        if floor is not None:
+            history.append({"benchmark": name, "case": case, "backend": "ext", "median_ms": fast_ms,
+                            "metric": "of roofline floor", "value": floor})
         if not args.no_history:
             append_history(history, device)
     if bandwidth and not args.no_history:
@@ -72,7 +83,7 @@ def run(name: str, cases: list[tuple[str, Callable, Callable, int]], args: argpa
 
 def dau_cases(device: torch.device) -> list[tuple[str, Callable, Callable, int]]:
     cases = []
-    for (B, C, H, W) in SHAPES:
+    for (B, C, H, W) in SHAPES if device.type == "cpu" else GPU_SHAPES:
         torch.manual_seed(0)
         for dtype, fmt in variants(device):
             dau = DAU(C, torch.nn.PReLU()).to(device, dtype).eval()
@@ -83,7 +94,8 @@ def dau_cases(device: torch.device) -> list[tuple[str, Callable, Callable, int]]
             dau.backend = "reference"
             cases.append((label, lambda dau=dau, r=r, x=x: dau.tail(r, x),
                           lambda r=r, x=x, w=weights: ops.dau_tail(r, x, *w, backend="ext"),
-                          4 * r.numel() * r.element_size()))  # r twice (both passes), x, out
+                          4 * r.numel() * r.element_size(),  # r twice (both passes), x, out
+                          roofline.dau_tail(B, C, H, W, dtype)))
     return cases
 
 

@@ -5,7 +5,8 @@
 CUDA: the default FusionNet (0.73 M parameters) at batch 8×3×256×256. The reference is the module in bfloat16,
 channels_last, eager; the fused op runs its bfloat16 implicit-GEMM convolutions (float32 accumulation), alone
 (x0̂) and with the sampler update and the next denoiser input in its last convolution (what the engine runs).
-TFLOP/s counts the convolutions' 2·MACs; the target is ≥ 1.5× the reference.
+TFLOP/s counts the convolutions' 2·MACs; the target is ≥ 1.5× the reference. "of floor": roofline.py's floor (the
+sum over the launches) / the measured time, on a GPU it lists.
 Without a GPU: a correctness smoke through TRITON_INTERPRET=1 on a small CPU case; timings need a GPU.
 """
 from __future__ import annotations
@@ -24,11 +25,15 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_dau import parse  # noqa: E402
 from bench_sampler import compare, smoke_report  # noqa: E402
+import roofline  # noqa: E402
 
 from dpir_fast import ops  # noqa: E402
 from dpir_fast.models import FusionNet  # noqa: E402
 from dpir_fast.reference import ancestral_update  # noqa: E402
 from dpir_fast.schedule import Schedule  # noqa: E402
+
+
+SHAPE = (8, 3, 256, 256)   # the CUDA cases' [B, C, H, W], default FusionNet (roofline.py models this shape)
 
 
 def conv_flops(net: FusionNet, batch: int, height: int, width: int) -> int:
@@ -48,7 +53,7 @@ def setup(device, shape, dtype, **config):
     return net, x_ir, x_den
 
 
-def cuda_cases(device, shape=(8, 3, 256, 256)):
+def cuda_cases(device, shape=SHAPE):
     dtype = torch.bfloat16
     net, x_ir, x_den = setup(device, shape, dtype)
     ref = copy.deepcopy(net).to(dtype, memory_format=torch.channels_last)
@@ -56,11 +61,13 @@ def cuda_cases(device, shape=(8, 3, 256, 256)):
     x_t, update, seeds = torch.randn_like(x_ir), ancestral_update(Schedule.linear(), 3), [0] * shape[0]
     weights = ops.fusion_time_weights(net, [3])
     flops, label = conv_flops(net, *shape[:1], *shape[2:]), "x".join(map(str, shape))
+    floors = [roofline.merge(f"fusion {label}", label, roofline.fusion_net(net, shape[0], *shape[2:], dtype, update))
+              for update in (False, True)]
     return [(f"fusion {label} bf16", lambda: ref(x_ir_low, x_den, 3),
-             lambda: ops.fusion(net, x_ir, x_den, 3, weights, dtype, backend="triton"), flops),
+             lambda: ops.fusion(net, x_ir, x_den, 3, weights, dtype, backend="triton"), flops, floors[0]),
             (f"fusion_step (update + den) {label} bf16", lambda: ref(x_ir_low, x_den, 3),
              lambda: ops.fusion_step(net, x_ir, x_den, 3, x_t, update, seeds, weights, dtype, den_dtype=dtype,
-                                     den_channels_last=True, backend="triton"), flops)]
+                                     den_channels_last=True, backend="triton"), flops, floors[1])]
 
 
 @torch.no_grad()

@@ -4,7 +4,8 @@
 
 CUDA: batch 8×3×1024×1024, x0̂ float32 (NCHW) or bfloat16 (channels_last) and the denoiser input in the same
 dtype and layout. GB/s counts what the fused op must move (x0̂ and x_t read, x_next float32 and [x̃, σ̃]
-written) against the device's measured copy bandwidth; the target is ≥ 70 %.
+written) against the device's measured copy bandwidth; the target is ≥ 70 %. "of floor": roofline.py's floor / the
+measured time (on a GPU it lists).
 Without a GPU: a correctness smoke of the kernels through TRITON_INTERPRET=1 on small CPU tensors (the
 interpreter's timings mean nothing: timings need a GPU). Exits 0 either way.
 """
@@ -23,11 +24,13 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import append_history, copy_bandwidth, copy_row, print_table, time_ms  # noqa: E402
 from bench_dau import parse  # noqa: E402
+import roofline  # noqa: E402
 
 from dpir_fast import ops  # noqa: E402
 from dpir_fast.schedule import Schedule  # noqa: E402
 
 SCHEDULE = Schedule.linear()
+SHAPE = (8, 3, 1024, 1024)   # the CUDA cases' [B, C, H, W] (roofline.py models this shape)
 OPS = {
     "jump": lambda x0, xt, **k: ops.jump(x0, SCHEDULE, 250, [0] * x0.shape[0], **k),
     "ancestral_step": lambda x0, xt, **k: ops.ancestral_step(x0, xt, 40, SCHEDULE, [0] * x0.shape[0], **k),
@@ -43,10 +46,11 @@ def inputs(shape, dtype, device):
 
 
 def compare(name: str, cases, args, unit: str, baseline: float | None = None, target: str = "") -> None:
-    """Time (case, reference, triton, work) on CUDA; ``unit`` is "GB/s" (work = bytes) or "TFLOP/s" (FLOPs)."""
+    """Time (case, reference, triton, work[, roofline.Op]) on CUDA; ``unit`` is "GB/s" (work = bytes) or "TFLOP/s"
+    (FLOPs); with the Op, "of floor" = the roofline floor / the Triton time (on a GPU roofline.py lists)."""
     device, rows, history = torch.device(args.device), [], []
     scale = 1e6 if unit == "GB/s" else 1e9
-    for case, reference, fast, work in cases:
+    for case, reference, fast, work, *model in cases:
         with torch.no_grad():
             ref_ms, ref_spread = time_ms(reference, device, repeats=args.repeats)
             fast_ms, fast_spread = time_ms(fast, device, repeats=args.repeats)
@@ -61,6 +65,10 @@ def compare(name: str, cases, args, unit: str, baseline: float | None = None, ta
                      "spread_ms": ref_spread, "metric": unit, "value": work / ref_ms / scale},
                     {"benchmark": name, "case": case, "backend": "triton", "median_ms": fast_ms,
                      "spread_ms": fast_spread, "metric": unit, "value": rate}]
+        if (floor := roofline.of_floor(model[0] if model else None, device, fast_ms)) is not None:
+            row["of floor"] = f"{100 * floor:.0f}%"
+            history.append({"benchmark": name, "case": case, "backend": "triton", "median_ms": fast_ms,
+                            "metric": "of roofline floor", "value": floor})
     print(f"{name} on {torch.cuda.get_device_name(device)}"
           + (f" (copy bandwidth {baseline:.0f} GB/s)" if baseline else "") + (f"; target {target}" if target else ""))
     print_table(rows, list(rows[0]))
@@ -70,7 +78,7 @@ def compare(name: str, cases, args, unit: str, baseline: float | None = None, ta
         append_history(history, device)
 
 
-def cuda_cases(device, shape=(8, 3, 1024, 1024)):
+def cuda_cases(device, shape=SHAPE):
     batch, channels, height, width = shape
     cases = []
     for dtype in (torch.float32, torch.bfloat16):
@@ -82,7 +90,8 @@ def cuda_cases(device, shape=(8, 3, 1024, 1024)):
             writes = x0.numel() * 4 + batch * (channels + 1) * height * width * size
             cases.append((f"{name} {'x'.join(map(str, shape))} {str(dtype)[6:]}",
                           lambda op=op, x0=x0, xt=xt, den=den: op(x0, xt, backend="reference", **den),
-                          lambda op=op, x0=x0, xt=xt, den=den: op(x0, xt, backend="triton", **den), reads + writes))
+                          lambda op=op, x0=x0, xt=xt, den=den: op(x0, xt, backend="triton", **den), reads + writes,
+                          roofline.sampler_update(name, *shape, dtype, x_t=name != "jump")))
     return cases
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+import roofline
 from _common import copy_bandwidth
 from bench_dau import SHAPES, parse, run, variants
 from dpir_fast import ops
@@ -28,7 +29,7 @@ def skff_cases(device: torch.device) -> list:
             skff.backend = "reference"
             cases.append((label, lambda skff=skff, f=feats: skff(f),
                           lambda f=feats, w=weights: ops.skff(f, *w, backend="ext"),
-                          7 * feats[0].numel() * feats[0].element_size()))
+                          7 * feats[0].numel() * feats[0].element_size(), roofline.skff(B, C, H, W, dtype)))
     return cases
 
 

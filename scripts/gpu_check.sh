@@ -114,13 +114,13 @@ SKIP=$NO_SANITIZER step "2 sanitizer" racecheck 40 tests.log \
 
 # 3. Op microbenchmarks: GB/s against the copy bandwidth each measures, fused FusionNet vs bf16 channels_last eager,
 # the engine's CUDA graph vs eager.
-for bench in dau:12 skff:12 sampler:15 fusion:20 engine:30; do
+for bench in dau:20 skff:12 sampler:15 fusion:20 engine:30; do
     step "3 microbench" "bench_${bench%:*}" "${bench#*:}" bench.log "$PY" "benchmarks/bench_${bench%:*}.py"
 done
 
 # 4. End to end, bf16: deblur at the paper's 1280x720; sr4x (NFE 51) at 512x512. torch.compile last, so that a
 # budget running out there (run.py stops and still writes what it measured) keeps the other two.
-step "4 run.py" "deblur 1280x720" 70 bench.log "$PY" benchmarks/run.py --task deblur --size 1280x720 \
+step "4 run.py" "deblur 1280x720" 62 bench.log "$PY" benchmarks/run.py --task deblur --size 1280x720 \
     --backends reference,fast,compile --dtype bf16 --warmup 2 --repeats 5 --json "$OUT/run_deblur_cuda.json"
 step "4 run.py" "sr4x 512x512" 45 bench.log "$PY" benchmarks/run.py --task sr4x --size 512x512 \
     --backends reference,fast,compile --dtype bf16 --warmup 2 --repeats 5 --json "$OUT/run_sr4x_cuda.json"
