@@ -98,7 +98,7 @@ def load_error() -> str | None:
 
 def has_cuda_kernels() -> bool:
     """Whether the loaded _C registered CUDA kernels (it was built with nvcc)."""
-    if "module" not in _state:
+    if load(warn=False) is None:   # (load calls this once _C is imported: no recursion)
         return False
     if "cuda" not in _state:  # (an extension built before dau_attention existed has no such op: not ours)
         _state["cuda"] = hasattr(torch.ops.dpir_fast, "dau_attention") and \

@@ -92,6 +92,9 @@ def test_build_record_matches_the_running_torch():
         assert {"dau_tail_kernel.cu", "skff_kernel.cu"} <= set(info["sources"]) and _ext.has_cuda_kernels()
         # dau_tail's CUDA kernel: the extension's dau_attention, then the Triton GEMM, registered on load
         assert torch._C._dispatch_has_kernel_for_dispatch_key("dpir_fast::dau_tail", "CUDA")
+        fresh = subprocess.run([sys.executable, "-c", "from dpir_fast import _ext; print(_ext.has_cuda_kernels())"],
+                               capture_output=True, text=True, check=True)
+        assert fresh.stdout.strip() == "True"   # as the first call in a process (it loads _C itself)
     assert _ext.unavailable_reason("cpu") is None
 
 
