@@ -20,6 +20,7 @@ from .sampler import noise_base, update_channel
 
 EPI_ACT, EPI_RESIDUAL, EPI_MIX = 0, 1, 2
 ACTS = {"none": 0, "relu": 1, "lrelu": 2}
+PADS = {"zeros": 0, "replicate": 1, "reflect": 2}   # models.fusion.PADDINGS
 
 
 @triton.jit
@@ -43,10 +44,11 @@ def pixel_tile(pid, H, W, TILE_W: tl.constexpr, BLOCK_M: tl.constexpr):
 
 
 @triton.jit
-def conv_acc(src, base, sc, sh, sw, y, x, m_ok, w_ptr, n, H, W, C_IN, K_CHUNKS: tl.constexpr,
+def conv_acc(src, base, sc, sh, sw, y, x, m_ok, w_ptr, n, H, W, C_IN, PAD: tl.constexpr, K_CHUNKS: tl.constexpr,
              N_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
              PRECISION: tl.constexpr):
-    """[BLOCK_M, BLOCK_N] float32: the 3×3 conv (zero padding) at pixels (y, x), ``src + base`` each.
+    """[BLOCK_M, BLOCK_N] float32: the 3×3 conv at pixels (y, x), ``src + base`` each; PAD (PADS): outside
+    the image zeros, the nearest border pixel, or its mirror image across the border (H, W ≥ 2).
 
     One flat loop over K = (C_in chunk, tap), so the pipeliner double-buffers one A and one W tile, and
     the 9 shifted reads of a chunk follow each other while the patch is in L1/L2.
@@ -63,8 +65,17 @@ def conv_acc(src, base, sc, sh, sw, y, x, m_ok, w_ptr, n, H, W, C_IN, K_CHUNKS: 
         ci = chunk * BLOCK_K + k
         yy = y + dy
         xx = x + dx
-        ok = m_ok & (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
-        rows = base + (dy * sh + dx * sw)
+        if PAD == 0:
+            ok = m_ok & (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
+        else:
+            ok = m_ok
+            if PAD == 1:
+                yy = tl.minimum(tl.maximum(yy, 0), H - 1)
+                xx = tl.minimum(tl.maximum(xx, 0), W - 1)
+            else:
+                yy = tl.where(yy < 0, -yy, tl.where(yy >= H, 2 * H - 2 - yy, yy))
+                xx = tl.where(xx < 0, -xx, tl.where(xx >= W, 2 * W - 2 - xx, xx))
+        rows = base + ((yy - y) * sh + (xx - x) * sw)
         a = tl.load(src + rows[:, None] + (ci * sc)[None, :], mask=ok[:, None] & (ci < C_IN)[None, :], other=0.0)
         wt = tl.load(w_tile + (tap * K_CHUNKS + chunk) * (BLOCK_K * N_PAD))
         if PRECISION == "ieee":   # the interpreter
@@ -76,7 +87,7 @@ def conv_acc(src, base, sc, sh, sw, y, x, m_ok, w_ptr, n, H, W, C_IN, K_CHUNKS: 
 
 @triton.jit
 def conv3x3_kernel(src, s_b, s_c, s_h, s_w, w_ptr, bias_ptr, dst, d_row, mix_off, tw_ptr, tw_b, res_scale,
-                   H, W, C_IN, C_OUT, ACT: tl.constexpr, EPI: tl.constexpr, TILE_W: tl.constexpr,
+                   H, W, C_IN, C_OUT, ACT: tl.constexpr, EPI: tl.constexpr, PAD: tl.constexpr, TILE_W: tl.constexpr,
                    K_CHUNKS: tl.constexpr,
                    N_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                    PRECISION: tl.constexpr):
@@ -89,7 +100,7 @@ def conv3x3_kernel(src, s_b, s_c, s_h, s_w, w_ptr, bias_ptr, dst, d_row, mix_off
     n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = n < C_OUT
     base = img * s_b + y * s_h + x * s_w
-    acc = conv_acc(src, base, s_c, s_h, s_w, y, x, m_ok, w_ptr, n, H, W, C_IN, K_CHUNKS, N_PAD, BLOCK_M,
+    acc = conv_acc(src, base, s_c, s_h, s_w, y, x, m_ok, w_ptr, n, H, W, C_IN, PAD, K_CHUNKS, N_PAD, BLOCK_M,
                    BLOCK_N, BLOCK_K, PRECISION)
     bias = tl.load(bias_ptr + n)[None, :]
     mask = m_ok[:, None] & n_ok[None, :]
@@ -103,7 +114,7 @@ def conv3x3_kernel(src, s_b, s_c, s_h, s_w, w_ptr, bias_ptr, dst, d_row, mix_off
         res = base[:, None] + (n * s_c)[None, :]
         out = tl.load(src + res, mask=mask, other=0.0).to(tl.float32) + res_scale * (acc + bias)
         if EPI == 2:
-            acc = conv_acc(src, base + mix_off, s_c, s_h, s_w, y, x, m_ok, w_ptr, n, H, W, C_IN, K_CHUNKS, N_PAD,
+            acc = conv_acc(src, base + mix_off, s_c, s_h, s_w, y, x, m_ok, w_ptr, n, H, W, C_IN, PAD, K_CHUNKS, N_PAD,
                            BLOCK_M, BLOCK_N, BLOCK_K, PRECISION)
             f_d = tl.load(src + mix_off + res, mask=mask, other=0.0).to(tl.float32) + res_scale * (acc + bias)
             w = tl.load(tw_ptr + img[:, None] * tw_b + n[None, :], mask=mask, other=0.0)
@@ -117,15 +128,15 @@ def conv_out_kernel(src, s_b, s_c, s_h, s_w, w_ptr, bias_ptr, H, W, C_IN, ir_ptr
                     xt_ptr, xt_b, xt_c, xt_h, xt_w, out_ptr, den_ptr, den_b, den_c, den_w, key_ptr,
                     a, b, sigma, den_scale, den_level, step, C: tl.constexpr,
                     RESIDUAL: tl.constexpr, HAS_XT: tl.constexpr, NOISE: tl.constexpr, WRITE_DEN: tl.constexpr,
-                    TILE_W: tl.constexpr, K_CHUNKS: tl.constexpr, N_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
-                    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
+                    PAD: tl.constexpr, TILE_W: tl.constexpr, K_CHUNKS: tl.constexpr, N_PAD: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
     """Grid (patches of B images (pixel_tile),): x0̂ = conv + bias (+ x_IR), x_next = a·x0̂ + b·x_t + σ·z.
 
     x_next goes to ``out`` [B, C, H, W] float32; with WRITE_DEN the denoiser input [B, C + 1, H, W] too.
     """
     m_ok, m, img, p, y, x = pixel_tile(tl.program_id(0), H, W, TILE_W, BLOCK_M)
     n = tl.arange(0, BLOCK_N)
-    acc = conv_acc(src, img * s_b + y * s_h + x * s_w, s_c, s_h, s_w, y, x, m_ok, w_ptr, n, H, W, C_IN, K_CHUNKS,
+    acc = conv_acc(src, img * s_b + y * s_h + x * s_w, s_c, s_h, s_w, y, x, m_ok, w_ptr, n, H, W, C_IN, PAD, K_CHUNKS,
                    N_PAD, BLOCK_M, BLOCK_N, BLOCK_K, PRECISION)
     seed, noise_off, plane = noise_base(key_ptr, img, y, x, step, m_ok)
     den_off = img * den_b + p * den_w

@@ -16,7 +16,7 @@ from dpir_fast._backend import interpreting
 from dpir_fast.engine import versions
 from dpir_fast.models.fusion import DenseBlock, FusionNet
 
-from .fusion import ACTS, EPI_ACT, EPI_MIX, EPI_RESIDUAL, conv3x3_kernel, conv_out_kernel
+from .fusion import ACTS, EPI_ACT, EPI_MIX, EPI_RESIDUAL, PADS, conv3x3_kernel, conv_out_kernel
 from .sampler import (check_den, check_extent, check_grid, check_out, check_rows, dot_precision,
                       key_tensor, on_tensor_device)
 
@@ -80,8 +80,9 @@ def unsupported_reason(net: FusionNet) -> str | None:
         return f"activation {net.config['act']!r} has no fused epilogue (supported: relu, lrelu)"
     convs = [net.conv_in, net.conv_out, *(c for block in blocks for c in block.convs)]
     if any(c.kernel_size != (3, 3) or c.padding != (1, 1) or c.stride != (1, 1) or c.dilation != (1, 1)
-           or c.groups != 1 or c.bias is None for c in convs):
-        return "the fused FusionNet takes 3×3 convolutions with padding 1, stride 1 and a bias"
+           or c.groups != 1 or c.bias is None or c.padding_mode != net.config["padding"] for c in convs):
+        return ("the fused FusionNet takes 3×3 convolutions with padding 1 (in the net's padding mode), stride 1 "
+                "and a bias")
     return None
 
 
@@ -117,8 +118,8 @@ def _patches(images: int, size, block_m: int, tile_w: int) -> int:
     return check_grid(images * triton.cdiv(height, block_m // tile_w) * triton.cdiv(width, tile_w))
 
 
-def _conv(pc: PackedConv, src, strides, dst: torch.Tensor, images: int, size, act: int = 0, epi: int = EPI_ACT,
-          res_scale: float = 0.0, mix_off: int = 0, tw: torch.Tensor | None = None):
+def _conv(pc: PackedConv, src, strides, dst: torch.Tensor, images: int, size, pad: int, act: int = 0,
+          epi: int = EPI_ACT, res_scale: float = 0.0, mix_off: int = 0, tw: torch.Tensor | None = None):
     """conv3x3_kernel over ``images`` images of ``size``; dst: a [rows, channels] view (row stride)."""
     height, width = size
     block_m, tile_w = _patch(size, epi == EPI_MIX, pc.weight.dtype)
@@ -126,7 +127,7 @@ def _conv(pc: PackedConv, src, strides, dst: torch.Tensor, images: int, size, ac
     tw_b = tw.stride(0) if tw is not None and tw.shape[0] > 1 else 0
     conv3x3_kernel[grid](src, *strides, pc.weight, pc.bias, dst, dst.stride(0), mix_off,
                          tw if tw is not None else pc.bias, tw_b, res_scale, height, width, pc.c_in, pc.c_out,
-                         ACT=act, EPI=epi, TILE_W=tile_w, K_CHUNKS=pc.k_chunks, N_PAD=pc.weight.shape[1],
+                         ACT=act, EPI=epi, PAD=pad, TILE_W=tile_w, K_CHUNKS=pc.k_chunks, N_PAD=pc.weight.shape[1],
                          BLOCK_M=block_m, BLOCK_N=pc.block_n, BLOCK_K=pc.block_k,
                          PRECISION=dot_precision(pc.weight.dtype), num_warps=4, num_stages=3)
 
@@ -158,23 +159,26 @@ def fusion_forward(net: FusionNet, x_ir: torch.Tensor, x_den: torch.Tensor, weig
     size, hw = (height, width), height * width
     n_feat, growth = net.config["n_feat"], net.config["growth"]
     act, width_buf = ACTS[net.config["act"]], n_feat + 4 * growth
+    pad = PADS[net.config["padding"]]
+    if pad == PADS["reflect"] and min(height, width) < 2:
+        raise ValueError(f"reflect padding needs images of at least 2×2 pixels, got {height}×{width}")
     nhwc = (hw * width_buf, 1, width * width_buf, width_buf)
     check_rows(2 * batch * hw)   # the encoder's 2B images, the most rows
     enc = torch.empty(2 * batch * hw, width_buf, dtype=dtype, device=x_ir.device)
     decs = [torch.empty(batch * hw, width_buf, dtype=dtype, device=x_ir.device)
             for _ in range(min(2, len(net.decoder) + 1))]
     for half, x in enumerate((check_extent(x_ir), check_extent(x_den))):
-        _conv(packed["conv_in"], x, x.stride(), enc[half * batch * hw:], batch, size)
+        _conv(packed["conv_in"], x, x.stride(), enc[half * batch * hw:], batch, size, pad)
     for j, (block, module) in enumerate(zip(packed["blocks"], [net.encoder, *net.decoder])):
         buf = enc if j == 0 else decs[(j - 1) % 2]
         images = 2 * batch if j == 0 else batch
         for i, pc in enumerate(block[:4]):
-            _conv(pc, buf, nhwc, buf[:, n_feat + i * growth:], images, size, act)
+            _conv(pc, buf, nhwc, buf[:, n_feat + i * growth:], images, size, pad, act)
         if j == 0:
-            _conv(block[4], buf, nhwc, decs[0], batch, size, epi=EPI_MIX, res_scale=module.res_scale,
+            _conv(block[4], buf, nhwc, decs[0], batch, size, pad, epi=EPI_MIX, res_scale=module.res_scale,
                   mix_off=batch * hw * width_buf, tw=weights)
         else:
-            _conv(block[4], buf, nhwc, decs[j % 2], batch, size, epi=EPI_RESIDUAL, res_scale=module.res_scale)
+            _conv(block[4], buf, nhwc, decs[j % 2], batch, size, pad, epi=EPI_RESIDUAL, res_scale=module.res_scale)
     src = decs[len(net.decoder) % 2]
     out = check_out(out, x_ir.shape, torch.float32, x_ir.device)
     den = check_den(den_out, x_ir.shape, den_dtype, den_channels_last, x_ir.device) if den_dtype is not None else out
@@ -186,7 +190,7 @@ def fusion_forward(net: FusionNet, x_ir: torch.Tensor, x_den: torch.Tensor, weig
         src, *nhwc, pc.weight, pc.bias, height, width, pc.c_in, x_ir, *x_ir.stride(), xt, *xt.stride(), out,
         den, den.stride(0), den.stride(1), den.stride(3), keys, a, b, sigma, den_scale, den_level, step,
         C=channels, RESIDUAL=net.config["residual"] == "ir", HAS_XT=has_xt,
-        NOISE=sigma > 0, WRITE_DEN=den_dtype is not None, TILE_W=tile_w, K_CHUNKS=pc.k_chunks,
+        NOISE=sigma > 0, WRITE_DEN=den_dtype is not None, PAD=pad, TILE_W=tile_w, K_CHUNKS=pc.k_chunks,
         N_PAD=pc.weight.shape[1], BLOCK_M=block_m, BLOCK_N=pc.block_n, BLOCK_K=pc.block_k,
         PRECISION=dot_precision(dtype), num_warps=4, num_stages=3)
     return (out, den) if den_dtype is not None else out

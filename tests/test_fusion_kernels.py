@@ -73,7 +73,8 @@ def test_default_config_real_channel_counts(dtype, device):
 
 
 @pytest.mark.parametrize("config", [dict(act="lrelu", residual="none"), dict(n_decoder_blocks=0),
-                                    dict(n_decoder_blocks=1, res_scale=0.5, in_channels=4)], ids=str)
+                                    dict(n_decoder_blocks=1, res_scale=0.5, in_channels=4),
+                                    dict(padding="replicate"), dict(padding="reflect", act="lrelu")], ids=str)
 def test_other_configs(config, device):
     net = make(device, **{**SMALL, **config})
     x_ir, x_den = estimates(device, (2, net.config["in_channels"], 6, 5))
@@ -89,7 +90,7 @@ def test_gpu_tiling_chunks_and_edges(monkeypatch, device):
     fusion_net = ops._kernels().fusion_net
     monkeypatch.setattr(fusion_net, "INTERPRETER_TILES", False)
     monkeypatch.setattr(fusion_net, "MAX_BLOCK_N", 16)
-    net = make(device, n_feat=32, growth=8, time_hidden=8)
+    net = make(device, n_feat=32, growth=8, time_hidden=8, padding="reflect")
     x_ir, x_den = estimates(device, (2, 3, 13, 37), torch.bfloat16)
     assert_close_to_ref(ops.fusion(net, x_ir, x_den, 40, dtype=torch.bfloat16, backend="triton"),
                         *references(net, x_ir, x_den, 40, torch.bfloat16), torch.bfloat16)
@@ -150,6 +151,16 @@ def test_time_weights_for_a_list_of_steps(device):
     torch.testing.assert_close(w[1], net.time_weights(4)[0])
 
 
+def test_replicate_and_reflect_padding_keep_a_flat_input_flat(device):
+    """The point of those modes: a constant input gives one value at every pixel, borders and corners included
+    (with zero padding the same weights do not)."""
+    flat = torch.full((1, 3, 9, 14), 0.4, device=device)
+    for padding in ("zeros", "replicate", "reflect"):
+        out = ops.fusion(make(device, **SMALL, padding=padding), flat, flat, 5, backend="triton")
+        spread = (out - out[:, :, 4:5, 7:8]).abs().max()
+        assert spread > 1e-3 if padding == "zeros" else spread < 1e-5
+
+
 def test_user_modules_run_as_themselves_and_unfusable_fusionnets_are_errors(device):
     class Custom(FusionNet):
         def forward(self, x_ir, x_den, t):
@@ -162,6 +173,10 @@ def test_user_modules_run_as_themselves_and_unfusable_fusionnets_are_errors(devi
     net.conv_out = torch.nn.Conv2d(16, 3, 5, padding=2).to(device)
     with pytest.raises(ValueError, match="3×3 convolutions"):
         ops.fusion(net, x_ir, x_den, 3, backend="triton")
+    mixed = make(device, **SMALL)
+    mixed.conv_in.padding_mode = "reflect"   # one conv unlike the others: the module, or a clear error
+    with pytest.raises(ValueError, match="padding mode"):
+        ops.fusion(mixed, x_ir, x_den, 3, backend="triton")
     torch.testing.assert_close(ops.fusion(net, x_ir, x_den, 3), net(x_ir, x_den, 3))
 
 

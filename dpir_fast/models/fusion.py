@@ -14,15 +14,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 _ACTIVATIONS = {"relu": F.relu, "lrelu": lambda x: F.leaky_relu(x, 0.2)}
+PADDINGS = ("zeros", "replicate", "reflect")   # nn.Conv2d's padding_mode; kernels/fusion.py has all three
 
 
 class DenseBlock(nn.Module):
     """Five 3×3 convs with dense connections; the fifth maps back to ``n_feat``; x + scale·out."""
 
-    def __init__(self, n_feat: int, growth: int, act: str = "relu", res_scale: float = 0.2):
+    def __init__(self, n_feat: int, growth: int, act: str = "relu", res_scale: float = 0.2, padding: str = "zeros"):
         super().__init__()
-        self.convs = nn.ModuleList(
-            nn.Conv2d(n_feat + i * growth, growth if i < 4 else n_feat, 3, padding=1) for i in range(5))
+        self.convs = nn.ModuleList(nn.Conv2d(n_feat + i * growth, growth if i < 4 else n_feat, 3, padding=1,
+                                             padding_mode=padding) for i in range(5))
         self.act = _ACTIVATIONS[act]
         self.res_scale = res_scale
 
@@ -47,30 +48,35 @@ class FusionNet(nn.Module):
     forward(x_ir [B, C, H, W], x_den [B, C, H, W], t: int or [B]) → x0̂ [B, C, H, W].
     ``residual="ir"`` adds the decoder output to x_IR (so a zero last conv returns the IR estimate);
     ``"none"`` returns the decoder output as is. Defaults give 731,267 parameters (paper: 0.73 M).
+    ``padding``: how every 3×3 conv pads its input. "zeros" (the default, as the paper's code would) makes the
+    borders of a flat image differ from its inside, which training must then undo; "replicate" and "reflect"
+    keep a flat input flat through every layer, so the output's offset is the same at borders and inside.
     """
 
     size_multiple = 1
 
     def __init__(self, in_channels: int = 3, n_feat: int = 64, growth: int = 32, time_dim: int = 64,
                  time_hidden: int = 64, n_decoder_blocks: int = 2, act: str = "relu",
-                 res_scale: float = 0.2, residual: str = "ir"):
+                 res_scale: float = 0.2, residual: str = "ir", padding: str = "zeros"):
         super().__init__()
         if act not in _ACTIVATIONS:
             raise ValueError(f"act must be one of {sorted(_ACTIVATIONS)}, got {act!r}")
         if residual not in ("ir", "none"):
             raise ValueError(f"residual must be 'ir' or 'none', got {residual!r}")
+        if padding not in PADDINGS:
+            raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
         if time_dim % 2:
             raise ValueError(f"time_dim must be even, got {time_dim}")
         self.config = dict(in_channels=in_channels, n_feat=n_feat, growth=growth, time_dim=time_dim,
                            time_hidden=time_hidden, n_decoder_blocks=n_decoder_blocks, act=act,
-                           res_scale=res_scale, residual=residual)
-        self.conv_in = nn.Conv2d(in_channels, n_feat, 3, padding=1)
-        self.encoder = DenseBlock(n_feat, growth, act, res_scale)
+                           res_scale=res_scale, residual=residual, padding=padding)
+        self.conv_in = nn.Conv2d(in_channels, n_feat, 3, padding=1, padding_mode=padding)
+        self.encoder = DenseBlock(n_feat, growth, act, res_scale, padding)
         self.time_mlp = nn.Sequential(nn.Linear(time_dim, time_hidden), nn.ReLU(),
                                       nn.Linear(time_hidden, n_feat))
-        self.decoder = nn.Sequential(*(DenseBlock(n_feat, growth, act, res_scale)
+        self.decoder = nn.Sequential(*(DenseBlock(n_feat, growth, act, res_scale, padding)
                                        for _ in range(n_decoder_blocks)))
-        self.conv_out = nn.Conv2d(n_feat, in_channels, 3, padding=1)
+        self.conv_out = nn.Conv2d(n_feat, in_channels, 3, padding=1, padding_mode=padding)
 
     def time_weights(self, t: torch.Tensor | int, batch: int = 1) -> torch.Tensor:
         """The 3CA weights w [B, n_feat] in (0, 1) of timesteps t (an int, or a tensor [B])."""
