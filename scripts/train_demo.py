@@ -12,7 +12,10 @@ Stages (``--stage``, ``all`` runs them in order; each resumes where it stopped):
   export    the fp16 pipeline file into dpir_fast/pretrained/
   eval      bicubic / IR net / DP-IR on val and test, WORK/eval.json (the numbers of MODEL_CARD.md)
   deblur-ir the deblurring IR net (CompactUNet) on the camera-shake generator (dpir_fast.data.blur) with a
-            little noise, for the coming demo-deblur pipeline (it reuses this denoiser); not part of ``all``
+            little noise, for the demo-deblur pipeline (it reuses this denoiser); not part of ``all``, nor are
+  deblur-fusion, deblur-tune, deblur-export, deblur-eval
+            its FusionNet (as ``fusion``), τ on val blurred by the generator, dpir_fast/pretrained/demo_deblur.pt,
+            and scores on val and test for three blur families (scripts/demo_deblur.py)
 Training runs under bf16 autocast with channels_last tensors where the CPU has native bf16 (fp32 master
 weights), fp32 elsewhere. Every stage is seeded.
 """
@@ -33,6 +36,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
 import demo_data  # noqa: E402
+import demo_deblur  # noqa: E402
 
 from dpir_fast import DPIR, save_checkpoint  # noqa: E402
 from dpir_fast.checkpoints import build_model  # noqa: E402
@@ -58,7 +62,12 @@ RECIPES = {  # steps, global batch, HR crop, Adam lr, staircase decay, decay eve
     "denoiser": dict(steps=4000, batch=8, crop=64, lr=4e-4, lr_decay=0.5, lr_every=1500),
     "fusion": dict(steps=2000, batch=8, crop=64, lr=5e-4, lr_decay=0.5, lr_every=700, ir_anchor=1.0),
     "deblur_ir": dict(steps=30000, batch=8, crop=128, lr=5e-4, lr_decay=0.5, lr_every=8000, loss="l1"),
+    "deblur_fusion": dict(steps=2000, batch=8, crop=64, lr=5e-4, lr_decay=0.5, lr_every=700, ir_anchor=1.0),
 }
+# per demo: WORK subfolders of its IR net and fusion, its τ record, the shipped file and name
+DEMOS = {"sr4x": dict(ir="ir", fusion="fusion", tune="tune.json", file="demo_sr4x.pt", name="demo-sr4x"),
+         "deblur": dict(ir="deblur_ir", fusion="deblur_fusion", tune="deblur_tune.json", file="demo_deblur.pt",
+                        name="demo-deblur")}
 
 
 def _precision() -> str:
@@ -86,7 +95,7 @@ def stage_train(work: Path, name: str) -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     r = RECIPES[name]
-    data, val = _folders(work, r["crop"], ("train", "flat") if name == "fusion" else ("train",))
+    data, val = _folders(work, r["crop"], ("train", "flat") if "fusion" in name else ("train",))
     if name == "ir":
         task = IRTask("sr4x", CompactSR(**IR_CONFIG).to(memory_format=torch.channels_last), data, r["crop"],
                       val=val, loss=r["loss"])
@@ -97,20 +106,26 @@ def stage_train(work: Path, name: str) -> None:
         task = DenoiserTask(MIRNet(**DENOISER_CONFIG).to(memory_format=torch.channels_last), data, r["crop"],
                             sigma_max=SIGMA_MAX, val=val, val_crop=128, val_sigmas=(5, 10, 25))
     else:
-        ir, den = _load(work / "ir" / "model.pt"), _load(work / "denoiser" / "model.pt")
+        demo = "deblur" if name == "deblur_fusion" else "sr4x"
+        ir, den = _load(work / DEMOS[demo]["ir"] / "model.pt"), _load(work / "denoiser" / "model.pt")
         fusion = FusionNet(**FUSION_CONFIG)
         torch.nn.init.zeros_(fusion.conv_out.weight)  # start from the IR estimate (residual="ir")
         torch.nn.init.zeros_(fusion.conv_out.bias)
-        task = FusionTask("sr4x", fusion.to(memory_format=torch.channels_last), ir, den,
+        task = FusionTask(demo, fusion.to(memory_format=torch.channels_last), ir, den,
                           data, r["crop"], t_max=T_MAX, pool=2048, val=val, ir_anchor=r["ir_anchor"])
     started = time.time()
     result = fit(task, _config(work, name), Processes())
     (work / name / "time.json").write_text(json.dumps({"seconds": time.time() - started, **result}))
 
 
-def _pipeline(work: Path, **sampler) -> DPIR:
-    parts = (_load(work / p / "model.pt") for p in ("ir", "denoiser", "fusion"))
+def _pipeline(work: Path, demo: str, **sampler) -> DPIR:
+    parts = (_load(work / p / "model.pt") for p in (DEMOS[demo]["ir"], "denoiser", DEMOS[demo]["fusion"]))
     return DPIR(*parts, **sampler)
+
+
+def _degraded(demo: str, x0: torch.Tensor, family: str = "generator") -> torch.Tensor:
+    """The IR net's input for the clean crops x0: MATLAB bicubic ×4, or blur of ``family`` (demo_deblur.py)."""
+    return bicubic_downsample(x0, 4) if demo == "sr4x" else demo_deblur.blurred(x0, family)
 
 
 def _crops(work: Path, split: str) -> tuple[list[str], torch.Tensor]:
@@ -118,13 +133,14 @@ def _crops(work: Path, split: str) -> tuple[list[str], torch.Tensor]:
     return [p.stem for p in folder.paths], center_crops(folder, EVAL_CROP)
 
 
-def stage_tune(work: Path) -> dict:
+def stage_tune(work: Path, demo: str = "sr4x") -> dict:
     """τ (ancestral tail) by the mean PSNR of DP-IR on the val crops: the smallest within TAU_TOLERANCE_DB of the
-    best (each step costs a denoiser and a fusion evaluation; smaller differences are below what 11 crops tell)."""
+    best (each step costs a denoiser and a fusion evaluation; smaller differences are below what 11 crops tell).
+    Deblurring: on the generator's kernels, those the networks were trained on."""
     torch.set_num_threads(max(1, os.cpu_count() // 2))
     _, x0 = _crops(work, "val")
-    y = bicubic_downsample(x0, 4)
-    pipe = _pipeline(work, tail="ancestral")
+    y = _degraded(demo, x0)
+    pipe = _pipeline(work, demo, tail="ancestral")
     scores = {}
     for tau in TAUS:
         out = pipe.configure(tau=tau)(y, seed=0).clamp(0, 1)
@@ -132,19 +148,25 @@ def stage_tune(work: Path) -> dict:
         print(f"tau {tau}: val PSNR {scores[tau]:.3f}", flush=True)
     best = min(tau for tau in TAUS if scores[tau] >= max(scores.values()) - TAU_TOLERANCE_DB)
     record = {"tau": best, "tail": "ancestral", "val_psnr": scores}
-    (work / "tune.json").write_text(json.dumps(record, indent=1))
+    (work / DEMOS[demo]["tune"]).write_text(json.dumps(record, indent=1))
     return record
 
 
-def stage_export(work: Path) -> None:
-    tune = json.loads((work / "tune.json").read_text())
-    pipe = _pipeline(work, tau=tune["tau"], tail=tune["tail"])
-    record = torch.load(save_checkpoint(pipe, work / "demo_sr4x_fp32.pt"), weights_only=True)
+def stage_export(work: Path, demo: str = "sr4x") -> None:
+    tune = json.loads((work / DEMOS[demo]["tune"]).read_text())
+    pipe = _pipeline(work, demo, tau=tune["tau"], tail=tune["tail"])
+    file = DEMOS[demo]["file"]
+    record = torch.load(save_checkpoint(pipe, work / file.replace(".pt", "_fp32.pt")), weights_only=True)
     for part in ("ir", "denoiser", "fusion"):
         sd = record[part]["state_dict"]
         record[part]["state_dict"] = {k: v.half().contiguous() if v.is_floating_point() else v
                                       for k, v in sd.items()}
-    torch.save(record, PRETRAINED / "demo_sr4x.pt")
+    torch.save(record, PRETRAINED / file)
+
+
+def _scores(out: torch.Tensor, x0: torch.Tensor) -> dict:
+    return {"psnr": float(psnr(out, x0)), "psnr_y": float(psnr(out, x0, 4, True)),
+            "ssim_y": float(ssim(out, x0, 4, True))}
 
 
 def stage_eval(work: Path, seed: int = 0) -> dict:
@@ -159,13 +181,34 @@ def stage_eval(work: Path, seed: int = 0) -> dict:
         outs = {"bicubic": imresize(y, 4).clamp(0, 1), "ir": pipe.restore_ir(y).clamp(0, 1),
                 "dpir": pipe(y, seed=seed).clamp(0, 1)}
         for i, name in enumerate(names):
-            rows[f"{split}/{name}"] = {
-                k: {"psnr": float(psnr(v[i:i + 1], x0[i:i + 1])),
-                    "psnr_y": float(psnr(v[i:i + 1], x0[i:i + 1], 4, True)),
-                    "ssim_y": float(ssim(v[i:i + 1], x0[i:i + 1], 4, True))} for k, v in outs.items()}
+            rows[f"{split}/{name}"] = {k: _scores(v[i:i + 1], x0[i:i + 1]) for k, v in outs.items()}
     (work / "eval.json").write_text(json.dumps(rows, indent=1))
     (work / "eval.md").write_text(summary(rows))
     print(summary(rows))
+    return rows
+
+
+def stage_eval_deblur(work: Path, seed: int = 0) -> dict:
+    """Per image of val and test and per blur family (demo_deblur.FAMILIES): PSNR and SSIM-Y of the blurred
+    input, the IR net and DP-IR against the sharp crop; WORK/deblur_eval.json and deblur_eval.md."""
+    torch.set_num_threads(max(1, os.cpu_count() // 2))
+    pipe = DPIR.from_checkpoint(PRETRAINED / DEMOS["deblur"]["file"])
+    rows, lines = {}, ["| split | blur | images | blurred PSNR | IR PSNR (gain) | DP-IR PSNR (gain) | DP-IR − IR |",
+                       "|" + " --- |" * 7]
+    for split in ("val", "test"):
+        names, x0 = _crops(work, split)
+        for family in demo_deblur.FAMILIES:
+            y = _degraded("deblur", x0, family)
+            outs = {"blurred": y, "ir": pipe.restore_ir(y).clamp(0, 1), "dpir": pipe(y, seed=seed).clamp(0, 1)}
+            for i, name in enumerate(names):
+                rows[f"{split}/{family}/{name}"] = {k: _scores(v[i:i + 1], x0[i:i + 1]) for k, v in outs.items()}
+            mean = {k: sum(rows[f"{split}/{family}/{n}"][k]["psnr"] for n in names) / len(names) for k in outs}
+            lines.append(f"| {split} | {family} | {len(names)} | {mean['blurred']:.2f} | {mean['ir']:.2f} "
+                         f"({mean['ir'] - mean['blurred']:+.2f}) | {mean['dpir']:.2f} "
+                         f"({mean['dpir'] - mean['blurred']:+.2f}) | {mean['dpir'] - mean['ir']:+.2f} |")
+            print(lines[-1], flush=True)
+    (work / "deblur_eval.json").write_text(json.dumps(rows, indent=1))
+    (work / "deblur_eval.md").write_text("\n".join(lines) + "\n")
     return rows
 
 
@@ -199,7 +242,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "demo")
     parser.add_argument("--stage", default="all",
-                        choices=["all", "data", "ir", "denoiser", "fusion", "tune", "export", "eval", "deblur-ir"])
+                        choices=["all", "data", "ir", "denoiser", "fusion", "tune", "export", "eval", "deblur-ir",
+                                 "deblur-fusion", "deblur-tune", "deblur-export", "deblur-eval"])
     args = parser.parse_args()
     work = args.work.resolve()
     if args.stage in ("data", "all") and not (work / "data" / "manifest.json").exists():
@@ -209,8 +253,14 @@ def main() -> None:
                  for stage in ("ir", "denoiser")]
         if any(p.wait() for p in procs):
             sys.exit("a training stage failed")
-    elif args.stage in ("ir", "denoiser", "deblur-ir"):
+    elif args.stage in ("ir", "denoiser", "deblur-ir", "deblur-fusion"):
         stage_train(work, args.stage.replace("-", "_"))
+    elif args.stage == "deblur-tune":
+        stage_tune(work, "deblur")
+    elif args.stage == "deblur-export":
+        stage_export(work, "deblur")
+    elif args.stage == "deblur-eval":
+        stage_eval_deblur(work)
     for stage, run in (("fusion", lambda: stage_train(work, "fusion")), ("tune", lambda: stage_tune(work)),
                        ("export", lambda: stage_export(work)), ("eval", lambda: stage_eval(work))):
         if args.stage in (stage, "all"):
