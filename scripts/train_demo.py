@@ -49,7 +49,7 @@ from dpir_fast.train import DenoiserTask, FusionTask, IRTask, Processes, TrainCo
 PRETRAINED = REPO / "dpir_fast" / "pretrained"
 IR_CONFIG = dict(n_feat=64, n_blocks=10, scale=4)
 DENOISER_CONFIG = dict(in_channels=4, out_channels=3, n_feat=32, n_rrg=1, n_msrb=1, height=3, width=2)
-FUSION_CONFIG = dict(n_feat=32, growth=16, time_dim=32, time_hidden=32)
+FUSION_CONFIG = dict(n_feat=32, growth=16, time_dim=32, time_hidden=32, padding="reflect")
 UNET_CONFIG = dict(n_feat=32, mults=[1, 2, 3, 4], blocks=1)
 T_MAX = 25                 # fusion trained on t ~ U{1..T_MAX}; τ is chosen among TAUS ≤ T_MAX
 SIGMA_MAX = 25 / 255       # the denoiser's noise range: σ̃(t) ≤ 23.5/255 for t ≤ 25
