@@ -316,6 +316,9 @@ def backend_lines() -> list[str]:
     error = _ext.load_error()
     lines = [f"_C         {built}" + (f"; not loaded: {error}" if error else "")]
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for device in devices:
+        dtype, why = _backend.default_precision(device)
+        lines.append(f"precision  {dtype} on {device} by default ({why}; --dtype / DPIR(dtype=...) overrides)")
     for family, ops in (("ext", "dau_tail, skff"), ("triton", "sampler updates, fusion")):
         for device in devices:
             try:
@@ -398,8 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tau", type=_positive, help="number of diffusion steps run by the networks (overrides)")
     p.add_argument("--seed", type=int, default=0, help="noise seed, the same for every image (default 0)")
     p.add_argument("--device", type=device_arg, default="auto", help="auto (default), cpu, cuda or cuda:N")
-    p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], help="network precision (default bf16 on CUDA, "
-                   "fp32 on CPU)")
+    p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], help="network precision (default bf16 on CUDA "
+                   "and on CPUs with native bf16, fp32 on others; `dpir-fast info` says which)")
     p.add_argument("--tile", type=_positive, metavar="N", help="tile side in output pixels (default: as large as "
                    "free memory allows; large images are restored in overlapping, blended tiles)")
     p.add_argument("--tile-overlap", type=_non_negative, default=64, metavar="N",

@@ -70,9 +70,9 @@ class DPIR(nn.Module):
     [B, C + 1, h·s, w·s] tensor; the fusion gets (x_IR, x_den, t).
 
     Engine settings: ``backend`` ("auto", "fast", "reference", "triton"); ``dtype`` ("bf16", "fp16",
-    "fp32"; None: bf16 on CUDA, fp32 elsewhere); ``tile`` (None: as large as memory and ``max_pixels``
-    allow; or a side / (h, w) in output pixels) and ``tile_overlap`` (output pixels): the whole
-    pipeline runs on overlapping tiles blended with raised-cosine weights, the noise drawn per global
+    "fp32"; None: bf16 on CUDA and on CPUs with native bf16, fp32 elsewhere); ``tile`` (None: as large as
+    memory and ``max_pixels`` allow; or a side / (h, w) in output pixels) and ``tile_overlap`` (output
+    pixels): the whole pipeline runs on overlapping tiles blended with raised-cosine weights, the noise drawn per global
     pixel; ``batch_size`` tiles per batch; ``compile_ir``: ``torch.compile`` the IR net; ``graphs``:
     CUDA-graph capture of the sampling loop ("auto", "on", "off"; :class:`~dpir_fast.engine.Engine`).
     """
@@ -107,7 +107,7 @@ class DPIR(nn.Module):
             raise ValueError(f"start must be one of {STARTS}, got {merged['start']!r}")
         _backend.check_choice(merged["backend"])
         if merged["dtype"] is not None and merged["dtype"] not in DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(DTYPES)} or None (bf16 on CUDA, fp32 elsewhere), "
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)} or None (the device's default), "
                              f"got {merged['dtype']!r}")
         if tail == "ancestral":
             merged["tail_steps"] = None
@@ -195,10 +195,11 @@ class DPIR(nn.Module):
 
     @property
     def dtype_name(self) -> str:
-        """The networks' precision this run uses: the ``dtype`` setting, else bf16 on CUDA and fp32 elsewhere."""
+        """The networks' precision this run uses: the ``dtype`` setting, else ``_backend.default_precision`` (bf16
+        on CUDA and on CPUs with native bf16, fp32 elsewhere)."""
         if self.settings["dtype"] is not None:
             return self.settings["dtype"]
-        return "bf16" if self.device.type == "cuda" else "fp32"
+        return _backend.default_precision(self.device)[0]
 
     @property
     def alignment(self) -> int:
@@ -363,8 +364,8 @@ class DPIR(nn.Module):
 
     def _engine(self) -> Engine:
         """The engine of the current settings, device and weights (kept, with its CUDA graphs, while they hold)."""
-        channels_last = self.device.type == "cuda"   # cuDNN's fast bf16 convolutions are NHWC
-        if channels_last and "channels_last" not in self._cache:
+        channels_last = True   # cuDNN's and oneDNN's fast convolutions are NHWC (CPU: 1.2x in fp32, 1.8x in bf16)
+        if "channels_last" not in self._cache:
             self.denoiser.to(memory_format=torch.channels_last)
             self._cache["channels_last"] = True
         key = (self.device, self.dtype_name, versions([*self.denoiser.parameters(), *self.fusion.parameters()]))

@@ -39,6 +39,7 @@ import demo_data  # noqa: E402
 import demo_deblur  # noqa: E402
 
 from dpir_fast import DPIR, save_checkpoint  # noqa: E402
+from dpir_fast._backend import default_precision  # noqa: E402
 from dpir_fast.checkpoints import build_model  # noqa: E402
 from dpir_fast.data.datasets import ImageFolder, center_crops  # noqa: E402
 from dpir_fast.data.degrade import bicubic_downsample, imresize  # noqa: E402
@@ -70,16 +71,11 @@ DEMOS = {"sr4x": dict(ir="ir", fusion="fusion", tune="tune.json", file="demo_sr4
                         name="demo-deblur")}
 
 
-def _precision() -> str:
-    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    return "bf16" if native else "fp32"
-
-
 def _config(work: Path, name: str) -> TrainConfig:
     r = RECIPES[name]
     return TrainConfig(out=work / name, steps=r["steps"], batch=r["batch"], lr=r["lr"], lr_decay=r["lr_decay"],
-                       lr_every=r["lr_every"], seed=0, precision=_precision(), ckpt_every=250, val_every=1000,
-                       log_every=50, workers=0, resume=True)
+                       lr_every=r["lr_every"], seed=0, precision=default_precision("cpu")[0], ckpt_every=250,
+                       val_every=1000, log_every=50, workers=0, resume=True)
 
 
 def _load(path: Path) -> torch.nn.Module:

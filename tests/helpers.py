@@ -10,8 +10,11 @@ def tiny_swinir(upscale: int = 2, **overrides) -> SwinIR:
 
 
 def tiny_pipeline(task: str | None = None, upscale: int = 2, **settings) -> DPIR:
+    """float32 unless ``dtype`` says otherwise (the tests compare with float32 references; the CPU default is
+    bf16 where the CPU has it)."""
     parts = (tiny_swinir(upscale), MIRNet(in_channels=4, out_channels=3, n_feat=8, n_rrg=1, n_msrb=1),
              FusionNet(n_feat=8, growth=4, time_hidden=8))
+    settings = {"dtype": "fp32", **settings}
     return DPIR.preset(task, *parts, **settings) if task else DPIR(*parts, **{"tau": 3, **settings})
 
 

@@ -86,6 +86,8 @@ def test_pipeline_round_trip(tmp_path):
     assert not list(path.parent.glob("*.tmp"))
     again = DPIR.from_checkpoint(path)
     assert again.settings["start"] == "forward" and again.tau == 4
+    assert again.settings["dtype"] is None   # precision is the running machine's choice, not the file's
+    again.configure(dtype=pipe.dtype_name)
     y = torch.rand(1, 3, 7, 9)
     torch.testing.assert_close(again(y, seed=3), pipe(y, seed=3), rtol=0, atol=0)
     sr = DPIR.from_checkpoint(path, task="sr4x")

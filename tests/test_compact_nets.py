@@ -26,13 +26,16 @@ NETS = [lambda: CompactSR(n_feat=8, n_blocks=2), lambda: CompactSR(n_feat=8, n_b
 
 @pytest.mark.parametrize("make", NETS, ids=["sr4", "sr2", "unet"])
 @torch.no_grad()
-def test_a_flat_colour_comes_out_flat_at_every_pixel(make):
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
+def test_a_flat_colour_comes_out_flat_at_every_pixel(make, autocast):
+    """Also under bf16 autocast (the CPU default where bf16 is native): the zero-sum head stays float32."""
     net = randomised(make())
     for level in ([0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.1, 0.7, 0.35]):
         y = torch.tensor(level).view(1, 3, 1, 1).expand(2, 3, 12, 20).contiguous()
-        out = net(y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = net(y)
         assert out.shape == (2, 3, 12 * net.scale, 20 * net.scale)
-        torch.testing.assert_close(out, upsample(net, y), rtol=0, atol=1e-6)
+        torch.testing.assert_close(out.float(), upsample(net, y), rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("make", NETS, ids=["sr4", "sr2", "unet"])

@@ -14,7 +14,7 @@ FAST_MISSING = _backend.unavailable_reason("triton", "cpu")
 def _pipeline(task):
     torch.manual_seed(0)
     ir = tiny_fftformer() if task == "deblur" else tiny_bsrt()
-    return DPIR.preset(task, ir, *tiny_denoiser_fusion(), backend="reference")
+    return DPIR.preset(task, ir, *tiny_denoiser_fusion(), backend="reference", dtype="fp32")
 
 
 def _count_calls(pipe):
@@ -70,7 +70,7 @@ def test_burst_preset_end_to_end(burst):
 def test_pipelines_save_and_reload(deblur, burst, tmp_path):
     for pipe, y in ((deblur, torch.rand(1, 3, 17, 17)), (burst, torch.rand(1, 2, 4, 5, 5))):
         save_checkpoint(pipe, tmp_path / "pipe.pt")
-        again = DPIR.from_checkpoint(tmp_path / "pipe.pt").configure(backend="reference")
+        again = DPIR.from_checkpoint(tmp_path / "pipe.pt").configure(backend="reference", dtype="fp32")
         assert type(again.ir) is type(pipe.ir) and again.nfe == 6
         torch.testing.assert_close(again(y, seed=1), pipe(y, seed=1))
 
@@ -83,7 +83,7 @@ def test_cli_restores_a_burst_folder(burst, tmp_path, capsys, monkeypatch):
     for i, frame in enumerate(frames):
         np.save(tmp_path / "scene" / f"{i:02d}.npy", frame.numpy())
     args = ["restore", str(tmp_path / "scene"), "-o", str(tmp_path / "out"), "--checkpoint", str(tmp_path / "burst.pt"),
-            "--device", "cpu", "--quiet"]
+            "--device", "cpu", "--dtype", "fp32", "--quiet"]
     assert cli.main(args + ["--burst"]) == 0
     out, info = read_image(tmp_path / "out" / "scene.png")
     assert out.shape == (1, 3, 48, 40) and info.bits == 16

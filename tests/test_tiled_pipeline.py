@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dpir_fast import DPIR, tiling
+from dpir_fast import DPIR, _backend, tiling
 from dpir_fast.pipeline import run_network
 from dpir_fast.reference import dpir_sample_ref
 
@@ -53,8 +53,10 @@ class LocalFusion(nn.Module):
 
 
 def local_pipeline(scale: int = 1, kernel: int = 3, **settings) -> DPIR:
+    """float32 unless ``dtype`` says otherwise: the tiling checks compare with float32 maths."""
     torch.manual_seed(0)
-    return DPIR(LocalIR(scale, kernel), LocalDenoiser(kernel), LocalFusion(kernel), tau=TAU, **settings)
+    return DPIR(LocalIR(scale, kernel), LocalDenoiser(kernel), LocalFusion(kernel), tau=TAU,
+                **{"dtype": "fp32", **settings})
 
 
 def radius(scale: int, kernel: int = 3) -> int:
@@ -178,8 +180,15 @@ def test_nan_checks_name_the_stage_and_suggest_a_dtype():
 
 
 def test_precision_default_compile_option_and_settings(monkeypatch):
-    pipe = local_pipeline()
-    assert pipe.dtype_name == "fp32" and pipe.configure(dtype="bf16").dtype_name == "bf16"
+    pipe = local_pipeline(dtype=None)   # the device's default: bf16 where the CPU computes it natively
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert pipe.dtype_name == ("bf16" if native else "fp32") == _backend.default_precision("cpu")[0]
+    assert pipe.configure(dtype="fp32").dtype_name == "fp32"
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert local_pipeline(dtype=None).dtype_name == "fp32"
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert local_pipeline(dtype=None).dtype_name == "bf16"
     compiled = []
     monkeypatch.setattr(torch, "compile", lambda module: compiled.append(module) or module)
     y = torch.rand(1, 3, 8, 8)

@@ -59,7 +59,8 @@ class CompactSR(nn.Module):
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         check_image_batch(y, self.in_channels, "CompactSR")
-        feat = self.head(y)
+        with torch.autocast(y.device.type, enabled=False):   # the weights' precision, not autocast's: rounded to
+            feat = self.head(y.to(self.head.weight.dtype))    # bf16 the kernels no longer sum to zero (flat images)
         residual = F.pixel_shuffle(self.tail(feat + self.body(feat)), self.scale)
         base = F.interpolate(y.float(), scale_factor=self.scale, mode="bicubic", align_corners=False)
         return (base + residual.float()).to(y.dtype)
