@@ -2,8 +2,9 @@
 //   1. one pass over r: per-pixel max and mean over C (into a zero-padded [B, 2, H+4, W+4] map), per-channel sums;
 //   2. per batch: s_ch (channel-attention MLP) folded into W₂' = W₂·diag(s_ch), packed with W₁ for the GEMM;
 //      s_sp = sigmoid(conv5×5(map));
-//   3. per pixel tile: [W₁; W₂'] · r_tile in 4×16 register blocks, each finished as out = x + s_sp·(W₁r) + W₂'r.
-// dau_attention: passes 1 and 2 alone, returning W₂' with W₁ and s_sp (the GEMM of CUDA's dau_tail is a Triton kernel).
+//   3. per pixel tile: [W₁; W₂'] · r_tile in 4×16 register blocks, each finished as
+//      out = x + s_sp·(W₁r) + W₂'r.
+// dau_attention: passes 1 and 2 alone, returning W₂' with W₁ and s_sp (CUDA's dau_tail does its GEMM in Triton).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -227,24 +228,36 @@ void output_pass(const T* r, const T* x, const float* pack, const float* ssp, co
   });
 }
 
+// Passes 1, 2a and 2b for r (contiguous in the layout of s): sch [B, C] and ssp [B, H, W] float32.
+template <typename T>
+void attention_passes(const T* r, const Shape& s, const at::Tensor& w_sa, const at::Tensor& w_ca_down,
+                      const at::Tensor& w_ca_up, at::Tensor& sch, at::Tensor& ssp) {
+  const auto f32 = sch.options();
+  at::Tensor pad = at::zeros({s.B, 2, s.H + 4, s.W + 4}, f32), chsum = at::empty({s.B, s.C}, f32);
+  const at::Tensor wsa = w_sa.to(at::kFloat).contiguous();
+  reduce_pass(r, s, pad.data_ptr<float>(), chsum.data_ptr<float>());
+  channel_attention(chsum.data_ptr<float>(), as_matrix(w_ca_down), as_matrix(w_ca_up), s, sch.data_ptr<float>());
+  spatial_attention(pad.data_ptr<float>(), wsa.data_ptr<float>(), s, ssp.data_ptr<float>());
+}
+
+Shape shape_of(const at::Tensor& r) {
+  return {r.size(0), r.size(1), r.size(2), r.size(3), r.size(2) * r.size(3),
+          layout_of(r) == at::MemoryFormat::ChannelsLast};
+}
+
 at::Tensor dau_tail_cpu(const at::Tensor& r_in, const at::Tensor& x_in, const at::Tensor& w_sa,
                         const at::Tensor& w_ca_down, const at::Tensor& w_ca_up, const at::Tensor& w_out) {
   check_dau_tail(r_in, x_in, w_sa, w_ca_down, w_ca_up, w_out);
   const auto fmt = layout_of(r_in);
   const at::Tensor r = r_in.contiguous(fmt), x = x_in.contiguous(fmt);
-  const Shape s{r.size(0), r.size(1), r.size(2), r.size(3), r.size(2) * r.size(3),
-                fmt == at::MemoryFormat::ChannelsLast};
+  const Shape s = shape_of(r);
   const auto f32 = r.options().dtype(at::kFloat);
-  at::Tensor pad = at::zeros({s.B, 2, s.H + 4, s.W + 4}, f32), chsum = at::empty({s.B, s.C}, f32);
-  at::Tensor sch = at::empty({s.B, s.C}, f32), pack = at::empty({s.B, packed_size(s)}, f32);
-  at::Tensor ssp = at::empty({s.B, s.HW}, f32);
+  at::Tensor sch = at::empty({s.B, s.C}, f32), ssp = at::empty({s.B, s.H, s.W}, f32);
+  at::Tensor pack = at::empty({s.B, packed_size(s)}, f32);
   at::Tensor out = at::empty(r.sizes(), r.options().memory_format(fmt));
-  const at::Tensor wsa = w_sa.to(at::kFloat).contiguous();
   DPIR_FAST_DISPATCH(r.scalar_type(), "dpir_fast::dau_tail", [&] {
-    reduce_pass(r.const_data_ptr<scalar_t>(), s, pad.data_ptr<float>(), chsum.data_ptr<float>());
-    channel_attention(chsum.data_ptr<float>(), as_matrix(w_ca_down), as_matrix(w_ca_up), s, sch.data_ptr<float>());
+    attention_passes(r.const_data_ptr<scalar_t>(), s, w_sa, w_ca_down, w_ca_up, sch, ssp);
     pack_weights(sch.data_ptr<float>(), as_matrix(w_out), s, pack.data_ptr<float>());
-    spatial_attention(pad.data_ptr<float>(), wsa.data_ptr<float>(), s, ssp.data_ptr<float>());
     output_pass(r.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), pack.data_ptr<float>(),
                 ssp.data_ptr<float>(), s, out.data_ptr<scalar_t>());
   });
@@ -258,24 +271,18 @@ std::tuple<at::Tensor, at::Tensor> dau_attention_cpu(const at::Tensor& r_in, con
                                                      const at::Tensor& w_ca_down, const at::Tensor& w_ca_up,
                                                      const at::Tensor& w_out) {
   check_dau_weights("dpir_fast::dau_attention", r_in, w_sa, w_ca_down, w_ca_up, w_out);
-  const auto fmt = layout_of(r_in);
-  const at::Tensor r = r_in.contiguous(fmt);
-  const Shape s{r.size(0), r.size(1), r.size(2), r.size(3), r.size(2) * r.size(3),
-                fmt == at::MemoryFormat::ChannelsLast};
+  const at::Tensor r = r_in.contiguous(layout_of(r_in));
+  const Shape s = shape_of(r);
   const auto f32 = r.options().dtype(at::kFloat);
-  at::Tensor pad = at::zeros({s.B, 2, s.H + 4, s.W + 4}, f32), chsum = at::empty({s.B, s.C}, f32);
   at::Tensor sch = at::empty({s.B, s.C}, f32), ssp = at::empty({s.B, s.H, s.W}, f32);
   at::Tensor fold = at::empty({s.B, s.C, 2 * s.C}, r.options().memory_format(at::MemoryFormat::Contiguous));
-  const at::Tensor wsa = w_sa.to(at::kFloat).contiguous();
   DPIR_FAST_DISPATCH(r.scalar_type(), "dpir_fast::dau_attention", [&] {
-    reduce_pass(r.const_data_ptr<scalar_t>(), s, pad.data_ptr<float>(), chsum.data_ptr<float>());
-    channel_attention(chsum.data_ptr<float>(), as_matrix(w_ca_down), as_matrix(w_ca_up), s, sch.data_ptr<float>());
+    attention_passes(r.const_data_ptr<scalar_t>(), s, w_sa, w_ca_down, w_ca_up, sch, ssp);
     scalar_t* f = fold.data_ptr<scalar_t>();
     fold_weights(sch.data_ptr<float>(), as_matrix(w_out), s, [&](int64_t b, int64_t o, int64_t k, float w1, float w2) {
       scalar_t* row = f + (b * s.C + k) * 2 * s.C;
       row[o] = static_cast<scalar_t>(w1), row[s.C + o] = static_cast<scalar_t>(w2);
     });
-    spatial_attention(pad.data_ptr<float>(), wsa.data_ptr<float>(), s, ssp.data_ptr<float>());
   });
   return {fold, ssp};
 }

@@ -72,9 +72,9 @@ class DPIR(nn.Module):
     Engine settings: ``backend`` ("auto", "fast", "reference", "triton"); ``dtype`` ("bf16", "fp16",
     "fp32"; None: bf16 on CUDA and on CPUs with native bf16, fp32 elsewhere); ``tile`` (None: as large as
     memory and ``max_pixels`` allow; or a side / (h, w) in output pixels) and ``tile_overlap`` (output
-    pixels): the whole pipeline runs on overlapping tiles blended with raised-cosine weights, the noise drawn per global
-    pixel; ``batch_size`` tiles per batch; ``compile_ir``: ``torch.compile`` the IR net; ``graphs``:
-    CUDA-graph capture of the sampling loop ("auto", "on", "off"; :class:`~dpir_fast.engine.Engine`).
+    pixels): the whole pipeline runs on overlapping tiles blended with raised-cosine weights, the noise
+    drawn per global pixel; ``batch_size`` tiles per batch; ``compile_ir``: ``torch.compile`` the IR net;
+    ``graphs``: CUDA-graph capture of the sampling loop ("auto", "on", "off"; :class:`~dpir_fast.engine.Engine`).
     """
 
     def __init__(self, ir: nn.Module, denoiser: nn.Module, fusion: nn.Module, schedule: Schedule | None = None,
@@ -364,8 +364,7 @@ class DPIR(nn.Module):
 
     def _engine(self) -> Engine:
         """The engine of the current settings, device and weights (kept, with its CUDA graphs, while they hold)."""
-        channels_last = True   # cuDNN's and oneDNN's fast convolutions are NHWC (CPU: 1.2x in fp32, 1.8x in bf16)
-        if "channels_last" not in self._cache:
+        if "channels_last" not in self._cache:   # cuDNN's and oneDNN's fast convolutions are NHWC (CPU: 1.2x fp32)
             self.denoiser.to(memory_format=torch.channels_last)
             self._cache["channels_last"] = True
         key = (self.device, self.dtype_name, versions([*self.denoiser.parameters(), *self.fusion.parameters()]))
@@ -373,7 +372,7 @@ class DPIR(nn.Module):
             s = self.settings
             plan = Plan.make(self.schedule, s["tau"], s["tail"], s["tail_steps"], s["start"], s["eta"])
             self._cache["engine"] = Engine(plan, self._denoise, self.fusion, DTYPES[self.dtype_name],
-                                           channels_last=channels_last, backend=s["backend"],
+                                           channels_last=True, backend=s["backend"],
                                            graphs=s["graphs"], params=list(self.denoiser.parameters()))
             self._cache["engine_key"] = key
         return self._cache["engine"]

@@ -103,7 +103,7 @@ def compile_all(arch: int, dtypes=("float32", "bfloat16", "float16")) -> list[di
             k.affine_update(x_den, None, 1.0, 0.0, 1.0, 0, seeds, full_size=(70, 70), origin=(1, 2))
             k.fusion_forward(FusionNet(), x, x_den, torch.rand(1, 64), dtype, seeds, x, update.a, update.b,
                              update.sigma, update.stream, update.den_scale, update.den_level, den_dtype=dtype)
-            k.fusion_forward(FusionNet(act="lrelu", residual="none", n_decoder_blocks=1), x, x_den,
+            k.fusion_forward(FusionNet(act="lrelu", residual="none", n_decoder_blocks=1, padding="reflect"), x, x_den,
                              torch.rand(1, 64), dtype, seeds)
             if _ext.load() is not None:   # dau_tail's attention half (dau_attention) runs in the extension
                 for c in (64, 128, 256):  # MIRNet-S's levels, channels_last as the denoiser runs them

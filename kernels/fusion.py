@@ -20,7 +20,6 @@ from .sampler import noise_base, update_channel
 
 EPI_ACT, EPI_RESIDUAL, EPI_MIX = 0, 1, 2
 ACTS = {"none": 0, "relu": 1, "lrelu": 2}
-PADS = {"zeros": 0, "replicate": 1, "reflect": 2}   # models.fusion.PADDINGS
 
 
 @triton.jit
@@ -47,8 +46,8 @@ def pixel_tile(pid, H, W, TILE_W: tl.constexpr, BLOCK_M: tl.constexpr):
 def conv_acc(src, base, sc, sh, sw, y, x, m_ok, w_ptr, n, H, W, C_IN, PAD: tl.constexpr, K_CHUNKS: tl.constexpr,
              N_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
              PRECISION: tl.constexpr):
-    """[BLOCK_M, BLOCK_N] float32: the 3×3 conv at pixels (y, x), ``src + base`` each; PAD (PADS): outside
-    the image zeros, the nearest border pixel, or its mirror image across the border (H, W ≥ 2).
+    """[BLOCK_M, BLOCK_N] float32: the 3×3 conv at pixels (y, x), ``src + base`` each; PAD (fusion_net.PADS): outside
+    the image zeros (0), the nearest border pixel (1), or its mirror image across the border (2; H, W ≥ 2).
 
     One flat loop over K = (C_in chunk, tap), so the pipeliner double-buffers one A and one W tile, and
     the 9 shifted reads of a chunk follow each other while the patch is in L1/L2.

@@ -14,15 +14,16 @@ import triton
 
 from dpir_fast._backend import interpreting
 from dpir_fast.engine import versions
-from dpir_fast.models.fusion import DenseBlock, FusionNet
+from dpir_fast.models.fusion import PADDINGS, DenseBlock, FusionNet
 
-from .fusion import ACTS, EPI_ACT, EPI_MIX, EPI_RESIDUAL, PADS, conv3x3_kernel, conv_out_kernel
+from .fusion import ACTS, EPI_ACT, EPI_MIX, EPI_RESIDUAL, conv3x3_kernel, conv_out_kernel
 from .sampler import (check_den, check_extent, check_grid, check_out, check_rows, dot_precision,
                       key_tensor, on_tensor_device)
 
 # Pixel tile per conv: the mix conv holds two accumulators, and IEEE float32 dots (CUDA-core FMA) hold
 # their operands in registers, so both take smaller tiles (sizes checked against ptxas for sm_80/sm_90).
 BLOCK_M, BLOCK_M_MIX = 128, 64
+PADS = {name: code for code, name in enumerate(PADDINGS)}   # conv_acc's PAD
 PATCH_W = 16   # a block's pixels are a patch 16 wide (fewer at narrow images): 8 rows × 16 at BLOCK_M = 128
 # The interpreter pays per operation, not per element: whole-batch tiles and one K chunk there, unless a
 # test asks for the GPU's tiling (to cover the chunk loop and tile edges).

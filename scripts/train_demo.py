@@ -65,10 +65,9 @@ RECIPES = {  # steps, global batch, HR crop, Adam lr, staircase decay, decay eve
     "deblur_ir": dict(steps=30000, batch=8, crop=128, lr=5e-4, lr_decay=0.5, lr_every=8000, loss="l1"),
     "deblur_fusion": dict(steps=2000, batch=8, crop=64, lr=5e-4, lr_decay=0.5, lr_every=700, ir_anchor=1.0),
 }
-# per demo: WORK subfolders of its IR net and fusion, its τ record, the shipped file and name
-DEMOS = {"sr4x": dict(ir="ir", fusion="fusion", tune="tune.json", file="demo_sr4x.pt", name="demo-sr4x"),
-         "deblur": dict(ir="deblur_ir", fusion="deblur_fusion", tune="deblur_tune.json", file="demo_deblur.pt",
-                        name="demo-deblur")}
+# per demo: WORK subfolders of its IR net and fusion, its τ record, the file shipped in dpir_fast/pretrained
+DEMOS = {"sr4x": dict(ir="ir", fusion="fusion", tune="tune.json", file="demo_sr4x.pt"),
+         "deblur": dict(ir="deblur_ir", fusion="deblur_fusion", tune="deblur_tune.json", file="demo_deblur.pt")}
 
 
 def _config(work: Path, name: str) -> TrainConfig:

@@ -22,11 +22,15 @@ from ._common import check_image_batch
 
 
 class ZeroSumConv2d(nn.Conv2d):
-    """A bias-free conv whose every (out, in) kernel is centred to sum to zero: constant inputs give 0."""
+    """A bias-free conv whose every (out, in) kernel is centred to sum to zero: constant inputs give 0.
+
+    It runs in its weights' precision whatever autocast asks: rounded to bf16, the centred kernels would no longer
+    sum to zero and a flat image would get a residual."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.weight - self.weight.mean(dim=(-2, -1), keepdim=True)
-        return self._conv_forward(x, weight, None)
+        with torch.autocast(x.device.type, enabled=False):
+            weight = self.weight - self.weight.mean(dim=(-2, -1), keepdim=True)
+            return self._conv_forward(x.to(weight.dtype), weight, None)
 
 
 class ResBlock(nn.Module):
@@ -59,8 +63,7 @@ class CompactSR(nn.Module):
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         check_image_batch(y, self.in_channels, "CompactSR")
-        with torch.autocast(y.device.type, enabled=False):   # the weights' precision, not autocast's: rounded to
-            feat = self.head(y.to(self.head.weight.dtype))    # bf16 the kernels no longer sum to zero (flat images)
+        feat = self.head(y)
         residual = F.pixel_shuffle(self.tail(feat + self.body(feat)), self.scale)
         base = F.interpolate(y.float(), scale_factor=self.scale, mode="bicubic", align_corners=False)
         return (base + residual.float()).to(y.dtype)

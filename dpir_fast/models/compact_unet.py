@@ -52,8 +52,7 @@ class CompactUNet(nn.Module):
         if y.shape[-2] % self.size_multiple or y.shape[-1] % self.size_multiple:
             raise ValueError(f"CompactUNet needs H and W multiples of {self.size_multiple}, got "
                              f"{tuple(y.shape[-2:])}; pad the input (the DPIR pipeline does)")
-        with torch.autocast(y.device.type, enabled=False):   # as CompactSR: bf16-rounded kernels would not sum to zero
-            feat, skips = self.head(y.to(self.head.weight.dtype)), []
+        feat, skips = self.head(y), []
         for encode, down in zip(self.encoders, self.downs):
             feat = encode(feat)
             skips.append(feat)
