@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from dpir_fast import DPIR
+from dpir_fast.pipeline import run_network
 
 from .helpers import tiny_pipeline
 
@@ -76,6 +77,8 @@ def test_bad_settings_are_rejected():
         tiny_pipeline(tau=10, tail="ddim", tail_steps=11)
     with pytest.raises(ValueError, match="task must be one of"):
         tiny_pipeline("denoise")
+    with pytest.raises(ValueError, match="channels_last must be True or False"):
+        tiny_pipeline(channels_last="nchw")
     pipe = tiny_pipeline()
     with pytest.raises(ValueError, match="seeds"):
         pipe(torch.rand(2, 3, 4, 4), seed=[1])
@@ -93,6 +96,38 @@ def test_bf16_autocast_stays_close_to_fp32():
     low = tiny_pipeline(tau=2, dtype="bf16")
     low.load_state_dict(ref.state_dict())
     assert (low(y) - ref(y)).abs().max() < 0.05
+
+
+def test_a_margin_hides_the_image_border_from_zero_padded_convolutions():
+    """Two zero-padded 3×3 convolutions (biases on) turn a flat image into one with a different border; with the
+    image mirrored by a margin of 2 or more the output is flat again, the input's size, in the input's layout.
+    A margin larger than the image is cut to its side − 1."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 3, 3, padding=1))
+    flat = torch.full((2, 3, 9, 12), 0.7)
+    with torch.no_grad():
+        plain, mirrored = run_network(net, flat), run_network(net, flat, margin=2)
+        assert (plain - plain[..., 4:5, 6:7]).abs().amax() > 1e-3
+        torch.testing.assert_close(mirrored, plain[..., 4:5, 6:7].expand_as(plain), atol=1e-6, rtol=0)
+        cl = run_network(net.to(memory_format=torch.channels_last), flat.contiguous(memory_format=torch.channels_last),
+                         margin=8)
+        assert cl.shape == flat.shape and cl.is_contiguous(memory_format=torch.channels_last)
+        assert run_network(net, torch.rand(1, 3, 2, 3), margin=8).shape == (1, 3, 2, 3)
+
+
+def test_the_denoiser_layout_setting_changes_the_layout_not_the_result():
+    """channels_last=False (the NCHW baseline) keeps the denoiser's weights NCHW and gives the NHWC default's
+    image; switching back converts them again."""
+    y = torch.rand(1, 3, 8, 8)
+    pipe = tiny_pipeline(tau=2)
+    nhwc = pipe(y)
+    conv = next(m for m in pipe.denoiser.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
+    nchw = pipe.configure(channels_last=False)(y)
+    assert conv.weight.is_contiguous()
+    torch.testing.assert_close(nchw, nhwc, atol=1e-5, rtol=0)
+    pipe.configure(channels_last=True)(y)
+    assert not conv.weight.is_contiguous()
 
 
 def test_the_restored_image_returns_to_the_inputs_device_and_a_user_ir_net_works():
