@@ -69,6 +69,54 @@ def test_denoiser_loss_decreases(photos, tmp_path):
     assert state["scheduler"]["last_epoch"] == 40 and state["optimizer"]["state"]
 
 
+def test_denoiser_eps_loss_weighs_every_noise_level_alike(photos):
+    """A "denoiser" that returns its noisy input is off by σ·ε: the x0 loss is mean(σ²ε²), the eps loss
+    mean(ε²), whatever the σ drawn in [sigma_min, sigma_max]."""
+    class Noisy(nn.Module):
+        def forward(self, inp):
+            return inp[:, :3]
+
+    x0 = torch.rand(4, 3, 16, 16)
+    draws = StepRandom(0, 5, Processes(), 4)
+    sigma = 0.01 + draws.rand() * 0.09
+    eps = draws.randn(3, 16, 16)
+    losses = {}
+    for kind in ("x0", "eps"):
+        task = DenoiserTask(_tiny_mirnet(), ImageFolder(photos, 16), 16, sigma_min=0.01, sigma_max=0.1, loss=kind)
+        losses[kind] = task.loss(Noisy(), None, x0, StepRandom(0, 5, Processes(), 4))
+    torch.testing.assert_close(losses["x0"], (sigma[:, None, None, None] ** 2 * eps ** 2).mean())
+    torch.testing.assert_close(losses["eps"], (eps ** 2).mean())
+    for bad in (dict(loss="eps"), dict(loss="l1", sigma_min=0.01), dict(sigma_min=0.2, sigma_max=0.1)):
+        with pytest.raises(ValueError):
+            DenoiserTask(_tiny_mirnet(), ImageFolder(photos, 16), 16, **bad)
+
+
+def test_ir_grain_goes_into_the_target_and_its_degradation(photos):
+    """grain > 0: the crop gets x0 + σ·ε (σ ~ U[0, grain], the step's draws), clipped, before the degradation,
+    and the loss compares the net's output with that grainy crop."""
+    from dpir_fast.data.degrade import bicubic_downsample
+    from dpir_fast.train.ir import IRTask
+
+    class Nearest(nn.Module):
+        scale = 4
+
+        def forward(self, y):
+            self.seen = y
+            return y.repeat_interleave(4, -2).repeat_interleave(4, -1)
+
+    x0, net = torch.rand(2, 3, 16, 16), Nearest()
+    draws = StepRandom(0, 3, Processes(), 2)
+    sigma = draws.rand() * 0.1
+    grainy = (x0 + sigma[:, None, None, None] * draws.randn(3, 16, 16)).clamp(0, 1)
+    task = IRTask("sr4x", net, ImageFolder(photos, 16), 16, grain=0.1)
+    loss = task.loss(net, torch.arange(2), x0, StepRandom(0, 3, Processes(), 2))
+    torch.testing.assert_close(net.seen, bicubic_downsample(grainy, 4))
+    torch.testing.assert_close(loss, (net(net.seen) - grainy).abs().mean())
+    assert task.record()["grain"] == 0.1
+    with pytest.raises(ValueError, match="grain"):
+        IRTask("sr4x", net, ImageFolder(photos, 16), 16, grain=-0.1)
+
+
 def _same_weights(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     for k in a:

@@ -51,6 +51,10 @@ def add_parsers(sub) -> None:
                                    "2e-4 × 0.999 every 2000 steps, random crops and flips (the paper's recipe).")
     _common_options(p, "runs/denoiser", 1_000_000, 8, 192, 2e-4, 0.999, 2000)
     p.add_argument("--sigma-max", type=float, default=244.3, help="largest σ, 0-255 scale (default 244.3)")
+    p.add_argument("--sigma-min", type=float, default=0.0, help="smallest σ, 0-255 scale (default 0)")
+    p.add_argument("--loss", choices=["x0", "eps"], default="x0",
+                   help="x0: MSE to the clean image (the paper's, default); eps: each sample weighed by 1/σ² "
+                        "(every noise level counts alike; for small τ; needs --sigma-min > 0)")
     p.add_argument("--val-sigmas", default="15,25,50", help="validation σ values, 0-255 scale")
     for name, default in (("n-feat", 64), ("n-rrg", 3), ("n-msrb", 1), ("height", 3), ("width", 2)):
         p.add_argument(f"--{name}", type=int, default=default, help=f"MIRNet {name} (default {default})")
@@ -136,7 +140,8 @@ def cmd_train_denoiser(args) -> int:
                                                n_msrb=args.n_msrb, height=args.height, width=args.width)
         data, val = _folders(args, procs, args.crop)
         sigmas = [float(s) for s in args.val_sigmas.split(",") if s.strip()]
-        return DenoiserTask(model, data, args.crop, args.seed, args.sigma_max / 255, val, val_sigmas=sigmas), cfg
+        return DenoiserTask(model, data, args.crop, args.seed, args.sigma_max / 255, val, val_sigmas=sigmas,
+                            sigma_min=args.sigma_min / 255, loss=args.loss), cfg
     return _run(args, build)
 
 

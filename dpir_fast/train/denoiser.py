@@ -1,8 +1,11 @@
 """Training the task-agnostic Gaussian denoiser (MIRNet-S by default), the paper's recipe as defaults.
 
-x̃ = x0 + σ̃·ε with σ̃ drawn per sample uniformly in [0, σ_max] (σ_max = 244.3/255, the level of t = 250),
-the denoiser sees [x̃, σ̃] [B, 4, H, W] (the layout ``denoiser_input_ref`` gives at sampling time) and is
-trained with the MSE to x0. Validation: PSNR on held-out centre crops at fixed σ values, fixed noise.
+x̃ = x0 + σ̃·ε with σ̃ drawn per sample uniformly in [σ_min, σ_max] (σ_max = 244.3/255, the level of t = 250;
+σ_min = 0), the denoiser sees [x̃, σ̃] [B, 4, H, W] (the layout ``denoiser_input_ref`` gives at sampling time)
+and is trained with the MSE to x0 (``loss="x0"``). That loss is dominated by the largest σ̃: its error grows as σ̃².
+``loss="eps"`` weighs each sample by 1/σ̃² instead (the MSE of the noise the output implies, (x̃ − D)/σ̃, to ε),
+so every level counts alike: for pipelines run at small τ, whose steps see only the lowest levels (σ_min > 0).
+Validation: PSNR on held-out centre crops at fixed σ values, fixed noise.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from .common import StepRandom
 
 SIGMA_MAX = 244.3 / 255
 VAL_SIGMAS = (15, 25, 50)  # on the 0-255 scale
+LOSSES = ("x0", "eps")
 
 
 def noisy_input(x0: torch.Tensor, sigma: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
@@ -31,8 +35,13 @@ class DenoiserTask:
 
     def __init__(self, model: nn.Module, data: ImageFolder, crop: int, seed: int = 0,
                  sigma_max: float = SIGMA_MAX, val: ImageFolder | None = None, val_crop: int | None = None,
-                 val_sigmas=VAL_SIGMAS, val_images: int = 16):
-        self.model, self.sigma_max = model, float(sigma_max)
+                 val_sigmas=VAL_SIGMAS, val_images: int = 16, sigma_min: float = 0.0, loss: str = "x0"):
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        if not 0 <= sigma_min < sigma_max or (loss == "eps" and sigma_min == 0):
+            raise ValueError(f"need 0 <= sigma_min < sigma_max (and sigma_min > 0 for loss 'eps': its weight is "
+                             f"1/sigma^2), got sigma_min {sigma_min}, sigma_max {sigma_max}")
+        self.model, self.sigma_min, self.sigma_max, self.loss_kind = model, float(sigma_min), float(sigma_max), loss
         self.dataset = CropStream(data, crop, seed)
         self.val_sigmas = tuple(float(s) for s in val_sigmas) if val is not None else ()
         self.val_columns = tuple(f"val_psnr_s{s:g}" for s in self.val_sigmas)
@@ -42,9 +51,12 @@ class DenoiserTask:
             self.val_eps = torch.randn(self.val_x0.shape, generator=g)
 
     def loss(self, net: nn.Module, ids: torch.Tensor, x0: torch.Tensor, rnd: StepRandom) -> torch.Tensor:
-        sigma = rnd.rand() * self.sigma_max
+        sigma = self.sigma_min + rnd.rand() * (self.sigma_max - self.sigma_min)
         eps = rnd.randn(*x0.shape[1:])
-        return F.mse_loss(net(noisy_input(x0, sigma, eps)).float(), x0)
+        out = net(noisy_input(x0, sigma, eps)).float()
+        if self.loss_kind == "x0":
+            return F.mse_loss(out, x0)
+        return ((out - x0) ** 2 / sigma[:, None, None, None] ** 2).mean()
 
     def validate(self, model: nn.Module, batch: int = 4) -> dict[str, float]:
         device = next(model.parameters()).device
@@ -59,4 +71,5 @@ class DenoiserTask:
         return out
 
     def record(self) -> dict:
-        return {"crop": self.dataset.size, "sigma_max": self.sigma_max, "val_sigmas": list(self.val_sigmas)}
+        return {"crop": self.dataset.size, "sigma_min": self.sigma_min, "sigma_max": self.sigma_max,
+                "loss": self.loss_kind, "val_sigmas": list(self.val_sigmas)}

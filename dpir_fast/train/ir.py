@@ -2,6 +2,10 @@
 
 DP-IR takes the IR net as given (public weights); this trainer exists so that the shipped demo can be
 reproduced from scratch: y = degrade(x0), loss = L1(IR(y), x0) (SwinIR's recipe), or the MSE for a fine-tuning phase.
+
+``grain`` > 0 adds film grain to the clean crops first: x0 ← clip(x0 + σ·ε), σ ~ U[0, grain] per crop, so that
+both the target and its degradation carry it. Grain is unpredictable from a degraded image: the net learns to
+leave it soft instead of sharpening it into detail (clean training images teach the opposite).
 """
 from __future__ import annotations
 
@@ -23,10 +27,12 @@ class IRTask:
     name = "ir"
 
     def __init__(self, task: str, model: nn.Module, data: ImageFolder, crop: int, seed: int = 0,
-                 val: ImageFolder | None = None, val_images: int = 8, loss: str = "l1"):
+                 val: ImageFolder | None = None, val_images: int = 8, loss: str = "l1", grain: float = 0.0):
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {loss!r}")
-        self.task, self.model, self.seed, self.loss_name = task, model, int(seed), loss
+        if not 0.0 <= grain < 1.0:
+            raise ValueError(f"grain is a noise level in [0, 1), got {grain}")
+        self.task, self.model, self.seed, self.loss_name, self.grain = task, model, int(seed), loss, float(grain)
         self.dataset = CropStream(data, crop, seed)
         self.val_columns = ("val_psnr",) if val is not None else ()
         if val is not None:
@@ -35,6 +41,9 @@ class IRTask:
 
     def loss(self, net: nn.Module, ids: torch.Tensor, x0: torch.Tensor, rnd: StepRandom) -> torch.Tensor:
         with torch.no_grad():
+            if self.grain:
+                sigma = (rnd.rand() * self.grain).to(x0.dtype)[:, None, None, None]
+                x0 = (x0 + sigma * rnd.randn(*x0.shape[1:]).to(x0)).clamp(0, 1)
             y = degrade_image(self.task, x0, ids, self.seed)
         return LOSSES[self.loss_name](ir_forward(net, y), x0)
 
@@ -45,4 +54,4 @@ class IRTask:
         return {"val_psnr": float(psnr(out, x0).mean())}
 
     def record(self) -> dict:
-        return {"task": self.task, "crop": self.dataset.size, "loss": self.loss_name}
+        return {"task": self.task, "crop": self.dataset.size, "loss": self.loss_name, "grain": self.grain}
