@@ -26,7 +26,7 @@ import torch
 
 from .cli_common import UsageError, device_arg, resolve_device, torchrun_shard
 from .data.images import ImageReadError, find_images, output_suffix, read_image, write_image
-from .pretrained import checkpoint_path
+from .pretrained import PRETRAINED, checkpoint_path
 
 IO_RULES = """\
 image rules:
@@ -396,7 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR", help="output folder (created)")
     p.add_argument("--checkpoint", required=True, metavar="FILE|NAME",
-                   help="pipeline file written by dpir_fast.save_checkpoint, or a shipped pipeline (demo-sr4x)")
+                   help="pipeline file written by dpir_fast.save_checkpoint, or a shipped pipeline "
+                        f"({', '.join(sorted(PRETRAINED))})")
     p.add_argument("--task", choices=["sr4x", "deblur", "burst"], help="use this task's sampler preset (tau, tail)")
     p.add_argument("--tau", type=_positive, help="number of diffusion steps run by the networks (overrides)")
     p.add_argument("--seed", type=int, default=0, help="noise seed, the same for every image (default 0)")

@@ -7,6 +7,8 @@ Stages (``--stage``, ``all`` runs them in order; each resumes where it stopped):
   data      the images (scripts/demo_data.py: skimage photos, Debian wallpapers, dead leaves; train/val/test)
   ir        CompactSR ×4, L1 loss                           } side by side,
   denoiser  a narrow MIRNet on [x̃, σ̃]                       } one thread each
+  denoiser-ft  that denoiser fine-tuned with every noise level of the demos' steps weighed alike (loss "eps"),
+            flat colours included: the denoiser both demos ship
   fusion    FusionNet, IR net and denoiser frozen (training images and flat colours)
   tune      τ chosen on the val split (centre crops), never on test
   export    the fp16 pipeline file into dpir_fast/pretrained/
@@ -45,6 +47,7 @@ from dpir_fast.data.datasets import ImageFolder, center_crops  # noqa: E402
 from dpir_fast.data.degrade import bicubic_downsample, imresize  # noqa: E402
 from dpir_fast.metrics import psnr, ssim  # noqa: E402
 from dpir_fast.models import CompactSR, CompactUNet, FusionNet, MIRNet  # noqa: E402
+from dpir_fast.schedule import Schedule  # noqa: E402
 from dpir_fast.train import DenoiserTask, FusionTask, IRTask, Processes, TrainConfig, fit  # noqa: E402
 
 PRETRAINED = REPO / "dpir_fast" / "pretrained"
@@ -54,17 +57,21 @@ FUSION_CONFIG = dict(n_feat=32, growth=16, time_dim=32, time_hidden=32, padding=
 UNET_CONFIG = dict(n_feat=32, mults=[1, 2, 3, 4], blocks=1)
 T_MAX = 25                 # fusion trained on t ~ U{1..T_MAX}; τ is chosen among TAUS ≤ T_MAX
 SIGMA_MAX = 25 / 255       # the denoiser's noise range: σ̃(t) ≤ 23.5/255 for t ≤ 25
+SIGMA_MIN = Schedule.linear().sigma_tilde(1)   # 2.55/255: the level of the last step, t = 1
 TAUS = (1, 2, 3, 5, 10)
 TAU_TOLERANCE_DB = 0.01
 EVAL_CROP = 256            # HR centre crops for tune and eval (LR 64×64)
 SMOOTH_DB = 40.0           # a crop is "smooth" when bicubic upsampling already reaches this PSNR
-RECIPES = {  # steps, global batch, HR crop, Adam lr, staircase decay, decay every
-    "ir": dict(steps=6000, batch=16, crop=192, lr=5e-4, lr_decay=0.5, lr_every=2000, loss="l1"),
+RECIPES = {  # steps, global batch, HR crop, Adam lr, staircase decay, decay every; IR: loss, film grain σ ≤
+    "ir": dict(steps=6000, batch=16, crop=192, lr=5e-4, lr_decay=0.5, lr_every=2000, loss="l1", grain=0.0),
     "denoiser": dict(steps=4000, batch=8, crop=64, lr=4e-4, lr_decay=0.5, lr_every=1500),
+    # then every noise level the demos' steps see weighed alike (loss "eps"), flat colours included
+    "denoiser_ft": dict(steps=1500, batch=8, crop=64, lr=1e-4, lr_decay=0.5, lr_every=600),
     "fusion": dict(steps=2000, batch=8, crop=64, lr=5e-4, lr_decay=0.5, lr_every=700, ir_anchor=1.0),
-    "deblur_ir": dict(steps=30000, batch=8, crop=128, lr=5e-4, lr_decay=0.5, lr_every=8000, loss="l1"),
+    "deblur_ir": dict(steps=20000, batch=8, crop=128, lr=5e-4, lr_decay=0.5, lr_every=8000, loss="l1"),
     "deblur_fusion": dict(steps=2000, batch=8, crop=64, lr=5e-4, lr_decay=0.5, lr_every=700, ir_anchor=1.0),
 }
+DENOISER = "denoiser_ft"    # the WORK subfolder of the denoiser every demo ships: "denoiser" fine-tuned
 # per demo: WORK subfolders of its IR net and fusion, its τ record, the file shipped in dpir_fast/pretrained
 DEMOS = {"sr4x": dict(ir="ir", fusion="fusion", tune="tune.json", file="demo_sr4x.pt"),
          "deblur": dict(ir="deblur_ir", fusion="deblur_fusion", tune="deblur_tune.json", file="demo_deblur.pt")}
@@ -87,22 +94,25 @@ def _folders(work: Path, crop: int, train=("train",)) -> tuple[ImageFolder, Imag
 
 
 def stage_train(work: Path, name: str) -> None:
-    torch.set_num_threads(1)
     torch.manual_seed(0)
     r = RECIPES[name]
-    data, val = _folders(work, r["crop"], ("train", "flat") if "fusion" in name else ("train",))
+    data, val = _folders(work, r["crop"], ("train", "flat") if name.endswith(("fusion", "_ft")) else ("train",))
     if name == "ir":
         task = IRTask("sr4x", CompactSR(**IR_CONFIG).to(memory_format=torch.channels_last), data, r["crop"],
-                      val=val, loss=r["loss"])
+                      val=val, loss=r["loss"], grain=r["grain"])
     elif name == "deblur_ir":
         task = IRTask("deblur", CompactUNet(**UNET_CONFIG).to(memory_format=torch.channels_last), data, r["crop"],
                       val=val, loss=r["loss"])
     elif name == "denoiser":
         task = DenoiserTask(MIRNet(**DENOISER_CONFIG).to(memory_format=torch.channels_last), data, r["crop"],
                             sigma_max=SIGMA_MAX, val=val, val_crop=128, val_sigmas=(5, 10, 25))
+    elif name == "denoiser_ft":
+        task = DenoiserTask(_load(work / "denoiser" / "model.pt").to(memory_format=torch.channels_last), data,
+                            r["crop"], sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, loss="eps", val=val, val_crop=128,
+                            val_sigmas=(2.55, 5, 10, 25))
     else:
         demo = "deblur" if name == "deblur_fusion" else "sr4x"
-        ir, den = _load(work / DEMOS[demo]["ir"] / "model.pt"), _load(work / "denoiser" / "model.pt")
+        ir, den = _load(work / DEMOS[demo]["ir"] / "model.pt"), _load(work / DENOISER / "model.pt")
         fusion = FusionNet(**FUSION_CONFIG)
         torch.nn.init.zeros_(fusion.conv_out.weight)  # start from the IR estimate (residual="ir")
         torch.nn.init.zeros_(fusion.conv_out.bias)
@@ -114,7 +124,7 @@ def stage_train(work: Path, name: str) -> None:
 
 
 def _pipeline(work: Path, demo: str, **sampler) -> DPIR:
-    parts = (_load(work / p / "model.pt") for p in (DEMOS[demo]["ir"], "denoiser", DEMOS[demo]["fusion"]))
+    parts = (_load(work / p / "model.pt") for p in (DEMOS[demo]["ir"], DENOISER, DEMOS[demo]["fusion"]))
     return DPIR(*parts, **sampler)
 
 
@@ -132,7 +142,6 @@ def stage_tune(work: Path, demo: str = "sr4x") -> dict:
     """τ (ancestral tail) by the mean PSNR of DP-IR on the val crops: the smallest within TAU_TOLERANCE_DB of the
     best (each step costs a denoiser and a fusion evaluation; smaller differences are below what 11 crops tell).
     Deblurring: on the generator's kernels, those the networks were trained on."""
-    torch.set_num_threads(max(1, os.cpu_count() // 2))
     _, x0 = _crops(work, "val")
     y = _degraded(demo, x0)
     pipe = _pipeline(work, demo, tail="ancestral")
@@ -167,7 +176,6 @@ def _scores(out: torch.Tensor, x0: torch.Tensor) -> dict:
 def stage_eval(work: Path, seed: int = 0) -> dict:
     """Per image of val and test: PSNR (RGB, whole crop; Y with 4 px shaved) and SSIM-Y of bicubic, the IR net
     and DP-IR on the centre crops; WORK/eval.json."""
-    torch.set_num_threads(max(1, os.cpu_count() // 2))
     pipe = DPIR.from_pretrained("demo-sr4x")
     rows = {}
     for split in ("val", "test"):
@@ -186,7 +194,6 @@ def stage_eval(work: Path, seed: int = 0) -> dict:
 def stage_eval_deblur(work: Path, seed: int = 0) -> dict:
     """Per image of val and test and per blur family (demo_deblur.FAMILIES): PSNR and SSIM-Y of the blurred
     input, the IR net and DP-IR against the sharp crop; WORK/deblur_eval.json and deblur_eval.md."""
-    torch.set_num_threads(max(1, os.cpu_count() // 2))
     pipe = DPIR.from_checkpoint(PRETRAINED / DEMOS["deblur"]["file"])
     rows, lines = {}, ["| split | blur | images | blurred PSNR | IR PSNR (gain) | DP-IR PSNR (gain) | DP-IR − IR |",
                        "|" + " --- |" * 7]
@@ -237,10 +244,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "demo")
     parser.add_argument("--stage", default="all",
-                        choices=["all", "data", "ir", "denoiser", "fusion", "tune", "export", "eval", "deblur-ir",
-                                 "deblur-fusion", "deblur-tune", "deblur-export", "deblur-eval"])
+                        choices=["all", "data", "ir", "denoiser", "denoiser-ft", "fusion", "tune", "export", "eval",
+                                 "deblur-ir", "deblur-fusion", "deblur-tune", "deblur-export", "deblur-eval"])
+    parser.add_argument("--threads", type=int,
+                        help="CPU threads (default: 1 to train, leaving the other cores to other work; half the "
+                             "cores to tune and evaluate)")
     args = parser.parse_args()
     work = args.work.resolve()
+    evaluating = args.stage.endswith(("tune", "eval", "export"))
+    torch.set_num_threads(args.threads or (max(1, os.cpu_count() // 2) if evaluating else 1))
     if args.stage in ("data", "all") and not (work / "data" / "manifest.json").exists():
         demo_data.build(work)
     if args.stage == "all":  # the IR net and the denoiser are independent: train them side by side
@@ -256,7 +268,8 @@ def main() -> None:
         stage_export(work, "deblur")
     elif args.stage == "deblur-eval":
         stage_eval_deblur(work)
-    for stage, run in (("fusion", lambda: stage_train(work, "fusion")), ("tune", lambda: stage_tune(work)),
+    for stage, run in (("denoiser-ft", lambda: stage_train(work, "denoiser_ft")),
+                       ("fusion", lambda: stage_train(work, "fusion")), ("tune", lambda: stage_tune(work)),
                        ("export", lambda: stage_export(work)), ("eval", lambda: stage_eval(work))):
         if args.stage in (stage, "all"):
             run()
