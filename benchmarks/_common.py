@@ -84,6 +84,13 @@ def _nvidia_driver() -> str | None:
     return out.splitlines()[0].strip() if out.strip() else None
 
 
+def cpu_flags() -> str:
+    """What PyTorch's CPU kernels can use here: the vector ISA it dispatches to, native bf16 and AMX."""
+    yes = {True: "yes", False: "no"}
+    return (f"{torch.backends.cpu.get_cpu_capability()}, AVX-512 BF16 {yes[torch.cpu._is_avx512_bf16_supported()]}, "
+            f"AMX {yes[torch.cpu._is_amx_tile_supported()]}")
+
+
 def machine_record(device: torch.device | str) -> dict:
     """Where a number was measured: host, CPU (cores), device (with the NVIDIA driver on GPU), library versions,
     commit."""
@@ -96,7 +103,7 @@ def machine_record(device: torch.device | str) -> dict:
         triton_version = "none"
     driver = _nvidia_driver() if device.type == "cuda" else None
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
-    return {"machine": platform.node(), "cpu": f"{_cpu_name()} ×{os.cpu_count()}",
+    return {"machine": platform.node(), "cpu": f"{_cpu_name()} ×{os.cpu_count()}", "cpu_flags": cpu_flags(),
             "device": name + (f" (driver {driver})" if driver else ""), "driver": driver,
             "torch": torch.__version__, "triton": triton_version, "cuda": torch.version.cuda or "none",
             "version": dpir_fast.__version__, "commit": _commit()}

@@ -2,6 +2,7 @@
 result dictionary that is also written as JSON."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from _common import print_table
@@ -25,7 +26,8 @@ def _label(name: str, b: dict) -> str:
 def print_report(result: dict) -> None:
     """Per task: the cost formula, the rows of every backend, the component timings and NVML telemetry."""
     s, m, peak = result["settings"], result["machine"], result["peak"]
-    print(f"DP-IR end to end on {m['device']} ({m['cpu']}), torch {m['torch']}, commit {m['commit']}; "
+    print(f"DP-IR end to end on {m['device']} ({m['cpu']}; {m['cpu_flags']}), torch {m['torch']}, "
+          f"commit {m['commit']}; "
           f"threads {s['threads']}, {s['dtype']}, batch {s['batch']}, median of {s['repeats']} after "
           f"{s['warmup']} warm-up call(s)")
     print(f"peak: {peak['matmul']} matmul in {peak['dtype']}: {peak['tflops']:.3f} TFLOP/s; "
@@ -49,7 +51,7 @@ def print_report(result: dict) -> None:
             continue
         rows = []
         for name, b in backends.items():
-            for start in ("jump", "forward", "chain"):
+            for start in [row for row in ("jump", "forward", "chain") if row in b]:
                 r = b[start]
                 rows.append({"backend": _label(name, b), "start": start + ("" if r["measured"] else " (extrap.)"),
                              "NFE": r["nfe"], "ms/img": _num(r["ms_per_image"]), "IQR ms": _num(r["spread_ms"]),
@@ -60,10 +62,23 @@ def print_report(result: dict) -> None:
         print_table(rows, list(rows[0]))
         for name, b in backends.items():
             print(f"  {name}: first call {b['first_call_s']:.2f} s" + (f"; {b['note']}" if b["note"] else ""))
+        if "compile" in backends and "fast" in backends:
+            print("  " + break_even(backends["compile"], backends["fast"]))
         _components(backends)
         _telemetry(backends)
     for note in result["notes"]:
         print(f"note: {note}")
+
+
+def break_even(compiled: dict, eager: dict) -> str:
+    """After how many images torch.compile's first call (compilation) is paid back by its faster jump rows."""
+    extra_s = (compiled["first_call_s"] - compiled["jump"]["ms_per_image"] / 1e3) - \
+        (eager["first_call_s"] - eager["jump"]["ms_per_image"] / 1e3)
+    saved_ms = eager["jump"]["ms_per_image"] - compiled["jump"]["ms_per_image"]
+    head = f"compile vs fast: {extra_s:.1f} s more for the first call, {saved_ms:+.1f} ms per image after it"
+    if saved_ms <= 0:
+        return head + ": never pays off"
+    return head + f": pays off after {math.ceil(extra_s * 1e3 / saved_ms)} images"
 
 
 def _components(backends: dict) -> None:
@@ -105,7 +120,7 @@ def history_rows(result: dict) -> list[dict]:
         ref = backends.get("reference")
         for name, b in backends.items():
             base = {"benchmark": "run", "backend": _label(name, b)}
-            for start in ("jump", "forward"):
+            for start in [row for row in ("jump", "forward") if row in b]:
                 r = b[start]
                 rows.append({**base, "case": f"{case} {start}", "median_ms": r["ms_per_image"],
                              "spread_ms": r["spread_ms"], "metric": "TFLOP/s", "value": r["tflops"]})

@@ -115,16 +115,19 @@ class Backend:
     note: str = ""
 
 
-def make_backend(name: str, task: str, modules, dtype: str, batch: int) -> Backend:
+def make_backend(name: str, task: str, modules, precision: tuple[str, bool], batch: int) -> Backend:
     """reference: DPIR(backend="reference"); compile: that with torch.compile on the IR net, denoiser and fusion;
-    fast: DPIR(backend="fast"). ``batch`` images go through the networks together (``batch_size``)."""
+    fast: DPIR(backend="fast"); each at ``precision`` (dtype name, channels_last). ``batch`` images go through
+    the networks together (``batch_size``)."""
     ir, den, fusion = modules
+    dtype, channels_last = precision
+    kw = dict(dtype=dtype, channels_last=channels_last, batch_size=batch)
     if name == "compile":
-        pipe = DPIR.preset(task, ir, den, fusion, backend="reference", dtype=dtype, batch_size=batch)
+        pipe = DPIR.preset(task, ir, den, fusion, backend="reference", **kw)
         pipe.ir, pipe.denoiser, pipe.fusion = (torch.compile(m) for m in modules)
         return Backend(name, pipe, "reference", "torch.compile (default mode) of the IR net, denoiser and fusion "
                                                 "in the reference pipeline")
-    return Backend(name, DPIR.preset(task, ir, den, fusion, backend=name, dtype=dtype, batch_size=batch), name)
+    return Backend(name, DPIR.preset(task, ir, den, fusion, backend=name, **kw), name)
 
 
 def autocast(device: torch.device, dtype: torch.dtype):
@@ -162,7 +165,7 @@ def components(b: Backend, modules, y: torch.Tensor, dtype: torch.dtype) -> dict
     x_ir = pipe.restore_ir(y)
     t = sample_timesteps(pipe.tau, pipe.settings["tail"], pipe.settings["tail_steps"])[0]
     seeds = [0] * x_ir.shape[0]
-    channels_last = dev.type == "cuda" and b.name == "fast"   # the engine's denoiser layout on CUDA
+    channels_last = pipe.settings["channels_last"]   # the engine's denoiser layout
     with autocast(dev, dtype):
         x_t, den_in = ops.jump(x_ir, pipe.schedule, pipe.tau, seeds, den_dtype=dtype, den_channels_last=channels_last,
                                backend=b.ops)

@@ -3,7 +3,7 @@
     python benchmarks/run.py [--task deblur|sr4x|burst[,...]] [--size WxH] [--batch B]
         [--backends reference,compile,fast] [--dtype bf16|fp16|fp32] [--device auto|cpu|cuda[:N]]
         [--repeats N] [--warmup N] [--threads N] [--sizes WxH,... [--plot PNG]] [--json PATH] [--no-history]
-        [--quick]
+        [--no-forward] [--quick]
     dpir-fast bench ...        (the same, from a source checkout)
 
 The networks at the paper's configurations with random weights: MIRNet-S, FusionNet and the task's IR net
@@ -30,8 +30,10 @@ repeats: CUDA max_memory_allocated, CPU the growth of the process's peak RSS (a 
 shows only what it needs beyond the earlier ones). NVML (nvidia-ml-py, optional): power, SM clock, utilisation and
 energy per image over the jump row's timed repeats.
 
-Without a GPU, --device auto runs the CPU suite: deblur at 64×64 and sr4x (NFE 51) at 32×32, reference vs
-fast. --quick: tiny sizes, one repeat, the same networks (so the FLOP counts stay those of the real modules).
+Without a GPU, --device auto runs the CPU suite: deblur at 256×256 and sr4x (NFE 51) from 64×64 to 256×256,
+the fp32 NCHW reference (the baseline) against "fast" at the pipeline's default precision (bf16 channels_last on
+CPUs with native bf16, fp32 channels_last elsewhere; --dtype sets one precision for all backends). --quick: tiny
+sizes, one repeat, the same networks (so the FLOP counts stay those of the real modules).
 Output: tables on stdout, progress on stderr, rows appended to benchmarks/results/history.csv (unless
 --no-history), a JSON file (default benchmarks/results/run_<task>_<device>.json) and with --plot a PNG of
 ms/image against --sizes. Ctrl-C or SIGTERM (a time limit) ends the run at once, the backend in progress marked
@@ -66,7 +68,7 @@ from dpir_fast.cli_common import device_arg  # noqa: E402
 from dpir_fast.pipeline import DTYPES, PRESETS  # noqa: E402
 
 BACKENDS = ("reference", "compile", "fast")
-CPU_SUITE = {"deblur": (64, 64), "sr4x": (32, 32)}
+CPU_SUITE = {"deblur": (256, 256), "sr4x": (256, 256)}   # output sizes: sr4x from 64×64
 QUICK = {"deblur": (32, 32), "sr4x": (32, 32), "burst": (64, 64)}
 PAPER_SIZE = (1280, 720)   # the paper reports cost at 720p; the GPU default
 GPU_SWEEP, CPU_SWEEP = "256x256,512x512,1280x720,1920x1080", "32x32,64x64,128x128"
@@ -106,7 +108,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--batch", type=_positive, default=1, help="images per call (default 1)")
     p.add_argument("--backends", type=_listed("backend", BACKENDS),
                    help="comma list of reference, compile, fast (default: all on GPU; reference,fast on CPU)")
-    p.add_argument("--dtype", choices=sorted(DTYPES), help="networks' precision (default bf16 on GPU, fp32 on CPU)")
+    p.add_argument("--dtype", choices=sorted(DTYPES),
+                   help="every backend's networks' precision (default: bf16 on GPU; on CPU the reference runs "
+                        "fp32 NCHW, the baseline, and the others the pipeline's default, bf16 where the CPU has "
+                        "native bf16)")
     p.add_argument("--device", type=device_arg, default="auto",
                    help="auto (default: cuda if visible, else the CPU suite), cpu, cuda[:N]")
     p.add_argument("--repeats", type=_positive, help="timed calls per measurement (default 10 GPU, 3 CPU)")
@@ -118,6 +123,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--plot", type=Path, metavar="PNG", help="write ms/image against --sizes (needs matplotlib)")
     p.add_argument("--json", type=Path, metavar="PATH", help="results file (default results/run_<task>_<device>.json)")
     p.add_argument("--no-history", action="store_true", help="do not append to benchmarks/results/history.csv")
+    p.add_argument("--no-forward", action="store_true",
+                   help="skip the forward row (it costs what the jump row does: a third of a long CPU run)")
     p.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, 1 repeat, the real networks")
     return p
 
@@ -147,13 +154,31 @@ def resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argpar
                 parser.error(f"argument --size/--sizes: {width}x{height}: {task} needs multiples of {scale} "
                              f"(its input is the output size / {scale})")
     args.backends = args.backends or (list(BACKENDS) if gpu else ["reference", "fast"])
-    args.dtype = args.dtype or ("bf16" if gpu else "fp32")
+    args.precisions = {name: precision(name, args.dtype, args.device) for name in args.backends}
+    args.dtype = describe(args.precisions)
     args.repeats = args.repeats or (1 if args.quick else 10 if gpu else 3)
     args.warmup = args.warmup or (3 if gpu and not args.quick else 1)
     if args.threads:
         torch.set_num_threads(args.threads)
     args.json = args.json or RESULTS / f"run_{'+'.join(tasks)}_{args.device.type}.json"
     return args
+
+
+def precision(backend: str, dtype: str | None, device: torch.device) -> tuple[str, bool]:
+    """(dtype name, channels_last) of a backend: ``dtype`` where given; on a CPU the reference is the fp32 NCHW
+    baseline and the others run the pipeline's default; on a GPU every backend runs bf16 channels_last."""
+    if dtype:
+        return dtype, True
+    if device.type == "cpu" and backend == "reference":
+        return "fp32", False
+    return _backend.default_precision(device)[0], True
+
+
+def describe(precisions: dict[str, tuple[str, bool]]) -> str:
+    """"bf16" when every backend runs the same dtype channels_last, else e.g. "reference fp32 NCHW, fast bf16"."""
+    if len(set(precisions.values())) == 1 and next(iter(precisions.values()))[1]:
+        return next(iter(precisions.values()))[0]
+    return ", ".join(f"{name} {dtype}{'' if cl else ' NCHW'}" for name, (dtype, cl) in precisions.items())
 
 
 # 2. Measurements -------------------------------------------------------------------------------------------------
@@ -210,12 +235,14 @@ def measure_backend(task: str, b, y, modules, args, cost: dict, peak: float, pro
                 run()
             with NvmlSampler(dev) as nvml:
                 jump = measured("jump", lambda: time_ms(run, dev, warmup=0, repeats=args.repeats))
-        pipe.configure(start="forward")
-        forward = measured("forward", lambda: time_ms(run, dev, args.warmup, args.repeats))
-        pipe.configure(start="jump")
-        comps = {}
-        with autocast(dev, DTYPES[args.dtype]):
-            for name, fn in components(b, modules, y, DTYPES[args.dtype]).items():
+        forward = None
+        if not args.no_forward:
+            pipe.configure(start="forward")
+            forward = measured("forward", lambda: time_ms(run, dev, args.warmup, args.repeats))
+            pipe.configure(start="jump")
+        comps, dtype = {}, DTYPES[args.precisions[b.name][0]]
+        with autocast(dev, dtype):
+            for name, fn in components(b, modules, y, dtype).items():
                 comps[name] = fn and measured(name, lambda: time_ms(fn, dev, args.warmup, args.repeats))
         sweep = []
         for width, height in args.sizes:
@@ -228,12 +255,14 @@ def measure_backend(task: str, b, y, modules, args, cost: dict, peak: float, pro
     ir_ms = comps["ir net"][0] / batch
     step_ms = (jump[0] / batch - ir_ms) / nfe_s
     rows = {"jump": rates(jump[0] / batch, jump[1] / batch, nfe, cost["total"] / 1e12, peak),
-            "forward": rates(forward[0] / batch, forward[1] / batch, nfe, cost["total"] / 1e12, peak),
+            "forward": forward and rates(forward[0] / batch, forward[1] / batch, nfe, cost["total"] / 1e12, peak),
             "chain": rates(ir_ms + T * step_ms, None, T + 1, cost["chain_total"] / 1e12, peak)}
+    rows = {name: row for name, row in rows.items() if row}
     for name, row in rows.items():
         row["measured"] = name != "chain"
         row["speedup_vs_chain"] = rows["chain"]["ms_per_image"] / row["ms_per_image"]
-    return {"ran_as": pipe.settings["backend"], "note": b.note, "first_call_s": first_s, **rows,
+    return {"ran_as": pipe.settings["backend"], "note": b.note, "dtype": pipe.dtype_name,
+            "channels_last": pipe.settings["channels_last"], "first_call_s": first_s, **rows,
             "ms_per_sampler_step": step_ms, "peak_mem_mib": mem.mib, "nvml": nvml.summary(args.repeats * batch),
             "components": {k: v and {"median_ms": v[0], "spread_ms": v[1]} for k, v in comps.items()},
             "sweep_ms_per_image": sweep}
@@ -255,7 +284,7 @@ def measure_task(task: str, args, peak: float, progress: Progress) -> dict:
                "flops": cost, "flops_1280x720": cost_720p, "backends": {}}
     for name in args.backends:
         try:
-            b = make_backend(name, task, modules, args.dtype, args.batch)
+            b = make_backend(name, task, modules, args.precisions[name], args.batch)
             results["backends"][name] = measure_backend(task, b, inp, modules, args, cost, peak, progress)
         except Exception as err:  # noqa: BLE001 -- one backend failing (a compile error, OOM) must not lose the run
             results["backends"][name] = {"error": f"{type(err).__name__}: {err}"}
@@ -277,11 +306,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     except SystemExit as exit_:   # argparse printed the usage error (2) or the help (0)
         return int(exit_.code or 0)
     started = time.perf_counter()
-    items = 1 + sum(3 + len(COMPONENTS) - len(EXT_COMPONENTS) * (name == "compile") + len(args.sizes)
+    items = 1 + sum(3 - args.no_forward + len(COMPONENTS) - len(EXT_COMPONENTS) * (name == "compile") + len(args.sizes)
                     for name in args.backends)   # per task: FLOPs; first call, jump, forward, components, sweep
     progress = Progress(len(args.sizes_by_task) * items)
     memory_kind = PeakMemory(args.device).kind
-    peak = peak_tflops(args.device, DTYPES[args.dtype])
+    peak = peak_tflops(args.device, DTYPES[args.precisions[args.backends[-1]][0]])  # the fastest backend's
     tasks = {}
     for task in args.sizes_by_task:
         tasks[task] = measure_task(task, args, peak["tflops"], progress)

@@ -13,6 +13,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from dpir_fast import cli
+from dpir_fast._backend import default_precision
 from dpir_fast.models import FusionNet, fftformer_gopro, mirnet_s, swinir_classical_sr4
 
 RUN = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
@@ -55,7 +56,11 @@ def test_quick_json_structure(quick):
         assert b["jump"]["nfe"] == 6 and b["chain"]["nfe"] == 1001
         assert set(b["components"]) == COMPONENTS and all(b["components"][c]["median_ms"] > 0 for c in COMPONENTS)
         assert b["nvml"]["power_w"] is None and b["nvml"]["note"] and b["peak_mem_mib"] is not None
-    fast = task["backends"]["fast"]
+    fast, ref = task["backends"]["fast"], task["backends"]["reference"]
+    # the baseline is fp32 NCHW; the fast row runs the pipeline's CPU default (bf16 where the CPU has it)
+    assert (ref["dtype"], ref["channels_last"]) == ("fp32", False)
+    assert (fast["dtype"], fast["channels_last"]) == (default_precision("cpu")[0], True)
+    assert quick["settings"]["dtype"] == f"reference fp32 NCHW, fast {fast['dtype']}"
     assert fast["ran_as"] == "fast" or (fast["ran_as"] == "auto" and "cannot run here" in fast["note"])
 
 
@@ -108,7 +113,8 @@ def test_an_interrupted_backend_keeps_what_was_measured(monkeypatch):
     monkeypatch.setattr(run, "make_input", lambda *args: torch.zeros(1, 3, 8, 8))
     monkeypatch.setattr(run, "make_backend", lambda name, *args: name)
     monkeypatch.setattr(run, "measure_backend", measure_backend)
-    args = argparse.Namespace(sizes_by_task={"deblur": (8, 8)}, device=torch.device("cpu"), batch=1, dtype="fp32",
+    args = argparse.Namespace(sizes_by_task={"deblur": (8, 8)}, device=torch.device("cpu"), batch=1,
+                              precisions=dict.fromkeys(["reference", "fast", "compile"], ("fp32", True)),
                               backends=["reference", "fast", "compile"])
     result = run.measure_task("deblur", args, 1.0, cli.Progress(3, enabled=False))
     assert result["backends"] == {"reference": {"ran_as": "reference"}, "fast": {"error": "interrupted"}}
@@ -128,3 +134,12 @@ def test_usage_errors_exit_2(argv, message, capsys):
     assert cli.main(["bench", *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and "usage: dpir-fast bench" in err
+
+
+def test_break_even_counts_the_images_that_pay_for_compilation(monkeypatch):
+    monkeypatch.syspath_prepend(str(RUN.parent))   # _report imports its sibling _common
+    report = importlib.import_module("_report")
+    eager = {"first_call_s": 2.0, "jump": {"ms_per_image": 1000.0}}
+    compiled = {"first_call_s": 61.5, "jump": {"ms_per_image": 500.0}}   # 60 s more, then 0.5 s per image less
+    assert report.break_even(compiled, eager).endswith("pays off after 120 images")
+    assert report.break_even({"first_call_s": 30.0, "jump": {"ms_per_image": 1200.0}}, eager).endswith("never pays off")
