@@ -13,10 +13,10 @@ import torch.nn as nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count, sdpa_flop_count
 
-from dpir_fast import DPIR, ops
+from dpir_fast import DPIR, _backend, ops
 from dpir_fast.models import FusionNet, bsrt_small, fftformer_gopro, mirnet_s, swinir_classical_sr4
 from dpir_fast.models.mirnet import DAU, SKFF
-from dpir_fast.pipeline import PRESETS, run_network
+from dpir_fast.pipeline import DTYPES, PRESETS, run_network
 from dpir_fast.reference.sampler import ancestral_update, ddim_update, sample_timesteps
 
 # task → (IR net constructor at its official configuration, output/input scale)
@@ -128,6 +128,11 @@ def make_backend(name: str, task: str, modules, precision: tuple[str, bool], bat
         return Backend(name, pipe, "reference", "torch.compile (default mode) of the IR net, denoiser and fusion "
                                                 "in the reference pipeline")
     return Backend(name, DPIR.preset(task, ir, den, fusion, backend=name, **kw), name)
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """The networks' precision DPIR picks when given none (``_backend.default_precision``)."""
+    return DTYPES[_backend.default_precision(device)[0]]
 
 
 def autocast(device: torch.device, dtype: torch.dtype):

@@ -20,9 +20,8 @@ import time
 import torch
 
 from _common import append_history, time_ms
-from _workload import TASKS, build_modules, make_input
-from dpir_fast import _backend
-from dpir_fast.pipeline import DTYPES, PRESETS, run_network
+from _workload import TASKS, autocast, build_modules, default_dtype, make_input
+from dpir_fast.pipeline import PRESETS, run_network
 from dpir_fast.reference.sampler import sample_timesteps
 
 
@@ -48,12 +47,12 @@ def main() -> None:
     args = p.parse_args()
     device = torch.device(args.device)
     width, height = (int(v) for v in args.size.lower().split("x"))
-    dtype = DTYPES[_backend.default_precision(device)[0]]
+    dtype = default_dtype(device)
     rows = []
     print(f"torch.compile per network, {args.task} {width}x{height}, {str(dtype)[6:]} on {device}")
     print(f"{'network':10} {'eager ms':>10} {'compiled ms':>12} {'first call s':>13} {'calls/image':>12}  "
           "pays off after")
-    with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+    with torch.no_grad(), autocast(device, dtype):
         for name, (module, call, per_image) in networks(args.task, width, height, device).items():
             eager, _ = time_ms(lambda: call(module), device, warmup=1, repeats=2)
             compiled_module = torch.compile(module)

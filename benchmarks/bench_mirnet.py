@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import torch
 
+from _workload import autocast, default_dtype
 from bench_dau import parse, run
-from dpir_fast._backend import default_precision
 from dpir_fast.models import mirnet_s
-from dpir_fast.pipeline import DTYPES
 
 
 def mirnet_cases(device: torch.device) -> list:
@@ -50,10 +49,10 @@ def cpu_default_case(device: torch.device) -> tuple:
     default.backend = "ext"
     x = torch.rand(1, 4, 128, 128, device=device)
     x_cl = x.contiguous(memory_format=torch.channels_last)
-    dtype = DTYPES[default_precision(device)[0]]
+    dtype = default_dtype(device)
 
     def fast():
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+        with autocast(device, dtype):
             return default(x_cl)
     return f"1x4x128x128 default ({str(dtype)[6:]} channels_last) vs float32 NCHW", lambda: reference(x), fast, 0
 
