@@ -13,6 +13,29 @@ def test_trajectory_has_its_length_and_starts_at_zero():
     assert torch.isclose(torch.linalg.norm(path.diff(dim=0), dim=1).sum(), torch.tensor(20.0, dtype=torch.float64))
 
 
+def _extent(path: torch.Tensor) -> float:
+    return float((path.max(0).values - path.min(0).values).max())
+
+
+def test_trajectory_shape_does_not_depend_on_its_step_count():
+    # Per-step jitter that ignored the step count made 2000-step paths of 8-28 px curl into 3-5 px balls
+    for steps in (200, 2000):
+        g = torch.Generator().manual_seed(5)
+        spans = torch.tensor([_extent(random_trajectory(steps, 20.0, g)) / 20.0 for _ in range(60)])
+        assert 0.6 < float(spans.median()) < 0.85, steps
+
+
+def test_kernels_span_the_blur_sizes_of_real_camera_shake():
+    g = torch.Generator().manual_seed(0)
+    sizes = []
+    for _ in range(100):
+        k = random_motion_kernel(31, g)
+        ys, xs = torch.nonzero(k > 1e-3 * k.max(), as_tuple=True)
+        sizes.append(max(int(xs.max() - xs.min()), int(ys.max() - ys.min())) + 1)
+    sizes = torch.tensor(sizes, dtype=torch.float32)
+    assert float(sizes.quantile(0.1)) <= 6 and 9 <= float(sizes.median()) <= 15 and float(sizes.quantile(0.9)) >= 19
+
+
 def test_kernels_are_normalised_seeded_and_centred():
     a = random_motion_kernel(21, torch.Generator().manual_seed(1))
     b = random_motion_kernel(21, torch.Generator().manual_seed(1))

@@ -5,6 +5,11 @@ motion blur", TIP 2012), the one DeblurGAN generates its training kernels with: 
 velocity has inertia, a pull back to the origin (centripetal), Gaussian jitter and rare abrupt shakes,
 renormalised to a fixed speed so the path has a set length. The kernel is the path's occupancy
 (bilinear splatting of densely sampled positions), centred on its centroid and normalised to sum 1.
+
+Unlike the original, whose per-step jitter, pull and shake probability make a path of 2000 steps curl into a
+ball a few pixels wide whatever its length, the walk here is set per twentieth of the path (SHAPE_STEPS) and
+scaled to the step count, so its shape depends on its length and random parameters only: a 31×31 kernel spans
+from nearly straight streaks to tight scribbles, 5–22 px across (10th–90th percentile; lengths from 1 px).
 """
 from __future__ import annotations
 
@@ -14,11 +19,16 @@ import torch
 import torch.nn.functional as F
 
 
+SHAPE_STEPS = 20  # the walk's jitter, pull to the origin and shake rate are those of a path of this many steps
+
+
 def random_trajectory(steps: int = 2000, length: float = 30.0, generator: torch.Generator | None = None,
                       anxiety: float | None = None) -> torch.Tensor:
     """A camera-shake path [steps, 2] (x, y in pixels), starting at 0, of total length ``length``.
 
-    ``anxiety`` (0..1, default U[0, 0.1]) scales the jitter and the abrupt shakes.
+    ``anxiety`` (0..1, default U[0, 0.1]) scales the jitter and the abrupt shakes. The path's shape does not
+    depend on ``steps`` (only how finely it is sampled): per step, the jitter's variance, the pull and the
+    shake probability are SHAPE_STEPS / (steps - 1) of a reference step's, and the pull is relative to ``length``.
     """
     def rand() -> float:
         return float(torch.rand(1, generator=generator, dtype=torch.float64))
@@ -26,6 +36,7 @@ def random_trajectory(steps: int = 2000, length: float = 30.0, generator: torch.
     anxiety = 0.1 * rand() if anxiety is None else anxiety
     centripetal, big_shake, jitter = 0.7 * rand(), 0.2 * rand(), 10.0 * rand()
     step = length / (steps - 1)
+    share = SHAPE_STEPS / (steps - 1)
     angle = 2 * math.pi * rand()
     v = complex(math.cos(angle), math.sin(angle)) * step
     z = torch.randn(steps - 1, 2, generator=generator, dtype=torch.float64).tolist()
@@ -33,10 +44,11 @@ def random_trajectory(steps: int = 2000, length: float = 30.0, generator: torch.
     path = [0j]
     for t in range(steps - 1):
         shake = 0j
-        if u[t][0] < big_shake * anxiety:  # abrupt turn, roughly backwards
+        if u[t][0] < big_shake * anxiety * share:  # abrupt turn, roughly backwards
             turn = math.pi + u[t][1] - 0.5
             shake = 2 * v * complex(math.cos(turn), math.sin(turn))
-        v += shake + anxiety * (jitter * complex(*z[t]) - centripetal * path[-1]) * step
+        pull = centripetal * SHAPE_STEPS * share * path[-1] / length
+        v += shake + anxiety * (jitter * math.sqrt(share) * complex(*z[t]) - pull) * step
         v = v / max(abs(v), 1e-12) * step
         path.append(path[-1] + v)
     return torch.tensor([[p.real, p.imag] for p in path], dtype=torch.float64)
@@ -62,10 +74,11 @@ def trajectory_kernel(path: torch.Tensor, size: int) -> torch.Tensor:
 
 def random_motion_kernel(size: int = 31, generator: torch.Generator | None = None,
                          max_length: float | None = None) -> torch.Tensor:
-    """A random camera-shake kernel [size, size]: a trajectory of length U[size/4, max_length] (default
-    0.9·size), rasterised by :func:`trajectory_kernel`."""
+    """A random camera-shake kernel [size, size]: a trajectory of length U[1, max_length] px (default 0.9·size;
+    the short ones nearly a point: a network trained on these kernels learns to leave sharp images alone),
+    rasterised by :func:`trajectory_kernel`."""
     max_length = 0.9 * size if max_length is None else max_length
-    length = size / 4 + float(torch.rand(1, generator=generator)) * max(max_length - size / 4, 0.0)
+    length = 1.0 + float(torch.rand(1, generator=generator)) * max(max_length - 1.0, 0.0)
     return trajectory_kernel(random_trajectory(length=length, generator=generator), size)
 
 
