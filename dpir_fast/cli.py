@@ -26,6 +26,7 @@ import torch
 
 from .cli_common import UsageError, device_arg, resolve_device, torchrun_shard
 from .data.images import ImageReadError, find_images, output_suffix, read_image, write_image
+from .pipeline import networks_to_compile
 from .pretrained import PRETRAINED, checkpoint_path
 
 IO_RULES = """\
@@ -275,7 +276,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
         pipe = _load_pipeline(checkpoint, resolve_device(args.device), args.task, args.tau)
     except (ValueError, OSError) as err:  # CheckpointError is a ValueError
         raise UsageError(f"cannot load {args.checkpoint}: {err}") from None
-    pipe.configure(dtype=args.dtype, tile=args.tile, tile_overlap=args.tile_overlap, batch_size=args.batch_size)
+    pipe.configure(dtype=args.dtype, tile=args.tile, tile_overlap=args.tile_overlap, batch_size=args.batch_size,
+                   compile=args.compile)
     takes_bursts = getattr(pipe, "burst_frames", None) is not None
     if takes_bursts != args.burst:
         raise UsageError("this checkpoint's IR network takes RAW bursts: pass --burst with one folder of frames "
@@ -385,6 +387,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _networks(text: str) -> tuple[str, ...]:
+    try:
+        return networks_to_compile(text if text == "all" else [n.strip() for n in text.split(",") if n.strip()])
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dpir-fast", description="DP-IR image reconstruction.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -410,6 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="overlap of neighbouring tiles in output pixels (default 64)")
     p.add_argument("--batch-size", type=_positive, default=4, metavar="N",
                    help="images (files of one size) or tiles per batch (default 4)")
+    p.add_argument("--compile", type=_networks, default=(), metavar="NETS",
+                   help="torch.compile these networks: 'all' or a comma-separated list of ir, denoiser, fusion "
+                        "(the first image of each size compiles; pays off on folders of same-sized images)")
     p.add_argument("--format", choices=["png", "jpg", "tif"], help="output format (default: the input's)")
     p.add_argument("--recursive", action="store_true", help="also take images in subfolders")
     p.add_argument("--burst", action="store_true", help="each INPUT is a folder of RAW frames, one burst")

@@ -26,7 +26,8 @@ PRESETS = {
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 SAMPLER_SETTINGS = ("tau", "tail", "tail_steps", "start", "eta")   # what a pipeline file keeps
 DEFAULTS = dict(tau=5, tail="ancestral", tail_steps=None, start="jump", eta=0.0, backend="auto", dtype=None, tile=None,
-                tile_overlap=64, batch_size=4, max_pixels=None, compile_ir=False, graphs="auto", channels_last=True)
+                tile_overlap=64, batch_size=4, max_pixels=None, compile=(), graphs="auto", channels_last=True)
+NETWORKS = ("ir", "denoiser", "fusion")   # what the ``compile`` setting names
 # The measured peak bytes per output pixel is multiplied by this (allocator slack, cuDNN workspaces). Images whose
 # batch would fit even at UPPER_BYTES_PER_PIXEL (far above what the paper's networks need) skip the measurement.
 MEMORY_SLACK = 1.5
@@ -97,7 +98,9 @@ class DPIR(nn.Module):
     "fp32"; None: bf16 on CUDA and on CPUs with native bf16, fp32 elsewhere); ``tile`` (None: as large as
     memory and ``max_pixels`` allow; or a side / (h, w) in output pixels) and ``tile_overlap`` (output
     pixels): the whole pipeline runs on overlapping tiles blended with raised-cosine weights, the noise
-    drawn per global pixel; ``batch_size`` tiles per batch; ``compile_ir``: ``torch.compile`` the IR net;
+    drawn per global pixel; ``batch_size`` tiles per batch; ``compile``: the networks to ``torch.compile`` (any of "ir",
+    "denoiser", "fusion", or "all"; the fusion only where Triton does not fuse it, as on CPU; each compiles
+    on its first call and again for a new tile shape: worth it for folders of same-sized images);
     ``graphs``: CUDA-graph capture of the sampling loop ("auto", "on", "off"; :class:`~dpir_fast.engine.Engine`);
     ``channels_last``: the denoiser's memory format (True: NHWC, the layout of cuDNN's and oneDNN's fast
     convolutions; False: NCHW, as a baseline).
@@ -106,15 +109,15 @@ class DPIR(nn.Module):
     def __init__(self, ir: nn.Module, denoiser: nn.Module, fusion: nn.Module, schedule: Schedule | None = None,
                  tau: int = 5, tail: str = "ancestral", tail_steps: int | None = None, start: str = "jump",
                  eta: float = 0.0, backend: str = "auto", dtype: str | None = None, tile=None, tile_overlap: int = 64,
-                 batch_size: int = 4, max_pixels: int | None = None, compile_ir: bool = False,
+                 batch_size: int = 4, max_pixels: int | None = None, compile: Sequence[str] | str = (),
                  graphs: str = "auto", channels_last: bool = True):
         super().__init__()
         self.ir, self.denoiser, self.fusion = ir, denoiser, fusion
         self.schedule = schedule if schedule is not None else Schedule.linear()
-        self._cache: dict = {}   # run-time state: the engine, the compiled IR net, the memory probe
+        self._cache: dict = {}   # run-time state: the engine, the compiled networks, the memory probe
         self.configure(tau=tau, tail=tail, tail_steps=tail_steps, start=start, eta=eta, backend=backend,
                        dtype=dtype, tile=tile, tile_overlap=tile_overlap, batch_size=batch_size,
-                       max_pixels=max_pixels, compile_ir=compile_ir, graphs=graphs, channels_last=channels_last)
+                       max_pixels=max_pixels, compile=compile, graphs=graphs, channels_last=channels_last)
         self.eval()
 
     # 1. Settings ------------------------------------------------------------------------------
@@ -147,6 +150,7 @@ class DPIR(nn.Module):
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
         if merged["graphs"] not in GRAPH_MODES:
             raise ValueError(f"graphs must be one of {GRAPH_MODES}, got {merged['graphs']!r}")
+        merged["compile"] = networks_to_compile(merged["compile"])
         if not isinstance(merged["channels_last"], bool):
             raise ValueError(f"channels_last must be True or False, got {merged['channels_last']!r}")
         self.settings = merged
@@ -182,7 +186,7 @@ class DPIR(nn.Module):
         """What :func:`~dpir_fast.save_checkpoint` writes: the sampler settings, the schedule and each network's
         architecture, config and weights."""
         return {"pipeline": {k: self.settings[k] for k in SAMPLER_SETTINGS}, "schedule": self.schedule.config(),
-                **{part: model_record(getattr(self, part)) for part in ("ir", "denoiser", "fusion")}}
+                **{part: model_record(getattr(self, part)) for part in NETWORKS}}
 
     @classmethod
     def from_pretrained(cls, name: str = "demo-sr4x", device=None) -> "DPIR":
@@ -311,14 +315,19 @@ class DPIR(nn.Module):
         y = self._check_input(y)
         return self._ir_estimate(y, camera)
 
+    def _network(self, name: str) -> nn.Module:
+        """The IR net, denoiser or fusion as the pipeline calls it: compiled (once, kept) where ``compile``
+        names it."""
+        if name not in self.settings["compile"]:
+            return getattr(self, name)
+        key = ("compiled", name)
+        if key not in self._cache:
+            self._cache[key] = torch.compile(getattr(self, name))
+        return self._cache[key]
+
     def _ir_estimate(self, y: torch.Tensor, camera) -> torch.Tensor:
-        ir = self.ir
-        if self.settings["compile_ir"]:
-            if "compiled_ir" not in self._cache:
-                self._cache["compiled_ir"] = torch.compile(self.ir)
-            ir = self._cache["compiled_ir"]
         with self._autocast():
-            x_ir = run_network(ir, y, self.scale).to(torch.float32)
+            x_ir = run_network(self._network("ir"), y, self.scale).to(torch.float32)
         self._check_finite(x_ir, f"the IR network ({type(self.ir).__name__})")
         if getattr(self.ir, "output_space", "srgb") == "linear":
             from .data.burst import linear_to_srgb
@@ -386,9 +395,9 @@ class DPIR(nn.Module):
         with self._autocast():
             return self._engine().run(x_ir, seeds, full_sizes, origins)
 
-    def _denoise(self, inp: torch.Tensor) -> torch.Tensor:
+    def _denoise(self, inp: torch.Tensor, net: nn.Module | None = None) -> torch.Tensor:
         with self._autocast():
-            return run_network(self.denoiser, inp, margin=DENOISER_MARGIN)
+            return run_network(net or self._network("denoiser"), inp, margin=DENOISER_MARGIN)
 
     def _engine(self) -> Engine:
         """The engine of the current settings, device and weights (kept, with its CUDA graphs, while they hold)."""
@@ -400,7 +409,9 @@ class DPIR(nn.Module):
         if self._cache.get("engine_key") != key:
             s = self.settings
             plan = Plan.make(self.schedule, s["tau"], s["tail"], s["tail_steps"], s["start"], s["eta"])
-            self._cache["engine"] = Engine(plan, self._denoise, self.fusion, DTYPES[self.dtype_name],
+            fused = _backend.resolve("triton", self.device, s["backend"]) == "triton"   # one kernel already
+            fusion = self.fusion if fused else self._network("fusion")
+            self._cache["engine"] = Engine(plan, self._denoise, fusion, DTYPES[self.dtype_name],
                                            channels_last=s["channels_last"], backend=s["backend"],
                                            graphs=s["graphs"], params=list(self.denoiser.parameters()))
             self._cache["engine_key"] = key
@@ -434,7 +445,7 @@ class DPIR(nn.Module):
             with self._autocast():   # the plain IR net: a compiled one would compile for the probe's shape too
                 x_ir, peak_ir = tiling.peak_bytes(lambda: run_network(self.ir, y, self.scale).float())
             den = torch.rand(1, x_ir.shape[1] + 1, *x_ir.shape[-2:], device=self.device)
-            x_den, peak_den = tiling.peak_bytes(self._denoise, den)
+            x_den, peak_den = tiling.peak_bytes(lambda: self._denoise(den, self.denoiser))   # plain, as the IR
             margin = min(DENOISER_MARGIN, x_ir.shape[-1] - 1)   # the probe's margin is no large image's share
             peak_den *= x_ir.shape[-1] ** 2 / (x_ir.shape[-1] + 2 * margin) ** 2
             _, peak_fusion = tiling.peak_bytes(lambda: self.fusion(x_ir, x_den.to(x_ir.dtype), 1))
@@ -453,6 +464,14 @@ def _tile_setting(tile):
     return sides
 
 
+def networks_to_compile(names) -> tuple[str, ...]:
+    """The networks to compile, in NETWORKS order, from "all", one name, or a collection of names."""
+    chosen = NETWORKS if names == "all" else (names,) if isinstance(names, str) else names
+    if not isinstance(chosen, (tuple, list, set, frozenset)) or any(n not in NETWORKS for n in chosen):
+        raise ValueError(f"compile takes \"all\" or names among {NETWORKS}, got {names!r}")
+    return tuple(n for n in NETWORKS if n in chosen)
+
+
 def load_pipeline(path_or_dict) -> DPIR:
     """The :class:`DPIR` saved in one file (or its dict) by :func:`~dpir_fast.save_checkpoint`."""
     obj = read_checkpoint(path_or_dict)
@@ -463,5 +482,5 @@ def load_pipeline(path_or_dict) -> DPIR:
     if obj.get("version", 0) > VERSION:
         raise CheckpointError(f"the file has format version {obj['version']}, newer than this dpir_fast "
                               f"reads ({VERSION}); upgrade dpir_fast")
-    parts = {part: build_model(obj[part]) for part in ("ir", "denoiser", "fusion")}
+    parts = {part: build_model(obj[part]) for part in NETWORKS}
     return DPIR(**parts, schedule=Schedule.from_config(obj["schedule"]), **obj["pipeline"])

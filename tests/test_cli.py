@@ -74,7 +74,7 @@ def test_folder_with_good_and_bad_files(fake, tmp_path, capsys):
     assert (a.size, a.mode, b.size, b.mode) == ((16, 12), "RGB", (14, 10), "L")
     assert "c.png" in err and "notes.txt" in err and "1 failed" in err
     assert fake.seeds == [7, 7]
-    assert fake.settings == dict(dtype=None, tile=None, tile_overlap=64, batch_size=4)
+    assert fake.settings == dict(dtype=None, tile=None, tile_overlap=64, batch_size=4, compile=())
 
 
 def test_files_go_in_batches_and_a_failing_batch_is_retried_file_by_file(fake, tmp_path, capsys):
@@ -92,9 +92,12 @@ def test_files_go_in_batches_and_a_failing_batch_is_retried_file_by_file(fake, t
 
 def test_engine_options_reach_the_pipeline(fake, tmp_path, capsys):
     src = _save(tmp_path / "a.png", np.zeros((6, 8, 3), np.uint8))
-    args = [src, "-o", tmp_path / "out", "--dtype", "bf16", "--tile", "256", "--tile-overlap", "0", "--batch-size", "2"]
+    args = [src, "-o", tmp_path / "out", "--dtype", "bf16", "--tile", "256", "--tile-overlap", "0", "--batch-size", "2",
+            "--compile", "fusion, ir"]
     assert _restore(tmp_path, *args) == 0
-    assert fake.settings == dict(dtype="bf16", tile=256, tile_overlap=0, batch_size=2)
+    assert fake.settings == dict(dtype="bf16", tile=256, tile_overlap=0, batch_size=2, compile=("ir", "fusion"))
+    assert _restore(tmp_path, src, "-o", tmp_path / "all", "--compile", "all") == 0
+    assert fake.settings["compile"] == ("ir", "denoiser", "fusion")
     assert _restore(tmp_path, src, "-o", tmp_path / "out", "--tile-overlap", "-1") == 2
     assert "must be >= 0" in capsys.readouterr().err
 
@@ -156,6 +159,8 @@ def test_usage_errors_exit_2(fake, tmp_path, capsys):
         (["restore", str(tmp_path / "nope.png"), "-o", str(tmp_path / "o"), "--checkpoint", "x"], "no such file"),
         (["restore", str(tmp_path / "in"), "-o", str(tmp_path / "o"), "--checkpoint", "x", "--device", "gpu"],
          "use auto, cpu"),
+        (["restore", str(tmp_path / "in"), "-o", str(tmp_path / "o"), "--checkpoint", "x", "--compile", "ir,unet"],
+         "compile takes \"all\" or names among"),
         (["restore", str(tmp_path / "in")], "required"),
         ([], "COMMAND"),
     ]

@@ -189,14 +189,38 @@ def test_precision_default_compile_option_and_settings(monkeypatch):
     assert local_pipeline(dtype=None).dtype_name == "fp32"
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
     assert local_pipeline(dtype=None).dtype_name == "bf16"
-    compiled = []
-    monkeypatch.setattr(torch, "compile", lambda module: compiled.append(module) or module)
+    compiled = {}   # module → its stand-in's call count: torch.compile replaced by a counting wrapper
+
+    class Counted(torch.nn.Module):
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+            compiled[module] = 0
+
+        def forward(self, *args):
+            compiled[self.module] += 1
+            return self.module(*args)
+
+    monkeypatch.setattr(torch, "compile", Counted)
     y = torch.rand(1, 3, 8, 8)
     reference = local_pipeline()(y)
-    pipe = local_pipeline(compile_ir=True)
+    pipe = local_pipeline(compile="all")
+    assert pipe.settings["compile"] == ("ir", "denoiser", "fusion")
     torch.testing.assert_close(pipe(y), reference)
     pipe(y)
-    assert compiled == [pipe.ir]   # compiled once, kept
+    # each compiled once and kept; the IR net runs once per image, the denoiser and fusion once per step
+    assert compiled == {pipe.ir: 2, pipe.denoiser: 2 * TAU, pipe.fusion: 2 * TAU}
+    compiled.clear()
+    pipe = local_pipeline(compile=["fusion", "ir"])
+    assert pipe.settings["compile"] == ("ir", "fusion")
+    torch.testing.assert_close(pipe(y), reference)
+    assert compiled == {pipe.ir: 1, pipe.fusion: TAU}
+    compiled.clear()
+    torch.testing.assert_close(local_pipeline(compile="denoiser")(y), reference)
+    assert list(compiled.values()) == [TAU]
+    for bad in ("everything", True, ["ir", "sampler"]):
+        with pytest.raises(ValueError, match="compile takes \"all\" or names among"):
+            local_pipeline(compile=bad)
     for bad, error in [(dict(tile=0), "tile must be"), (dict(tile="big"), "tile must be"),
                        (dict(batch_size=0), "batch_size must be"), (dict(graphs="maybe"), "graphs must be"),
                        (dict(max_pixels=-1), "max_pixels must be"), (dict(tile_overlap=1.5), "tile_overlap")]:
