@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .data.blur import gaussian_kernel
+
 
 def rgb_to_y(x: torch.Tensor) -> torch.Tensor:
     """Y of BT.601 in [16/255, 235/255] [B, 1, H, W] from RGB [B, 3, H, W] in [0, 1] (MATLAB rgb2ycbcr)."""
@@ -34,19 +36,12 @@ def psnr(x: torch.Tensor, y: torch.Tensor, border: int = 0, y_channel: bool = Fa
     return 10 * torch.log10(1.0 / mse.clamp_min(1e-20))
 
 
-def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    r = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    g = torch.exp(-r * r / (2 * sigma * sigma))
-    g = g / g.sum()
-    return g[:, None] * g[None, :]
-
-
 def ssim(x: torch.Tensor, y: torch.Tensor, border: int = 0, y_channel: bool = False) -> torch.Tensor:
     """SSIM [B] (11×11 Gaussian window, σ 1.5, K1 0.01, K2 0.03, peak 1; 'valid' windows only, averaged over
     pixels and channels), as Wang et al.'s reference code and the SR benchmarks compute it."""
     x, y = _prepare(x, y, border, y_channel)
     c = x.shape[1]
-    win = _gaussian_window().to(x.device).expand(c, 1, 11, 11)
+    win = gaussian_kernel(11, 1.5).to(x.device).expand(c, 1, 11, 11)
     c1, c2 = 0.01 ** 2, 0.03 ** 2
 
     def blur(t: torch.Tensor) -> torch.Tensor:

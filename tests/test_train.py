@@ -117,6 +117,33 @@ def test_ir_grain_goes_into_the_target_and_its_degradation(photos):
         IRTask("sr4x", net, ImageFolder(photos, 16), 16, grain=-0.1)
 
 
+def test_ir_defocus_softens_the_target_and_its_degradation(photos):
+    """defocus > 0: each crop is blurred by a Gaussian of σ ~ U[0, defocus] (the step's draws) before the
+    degradation, and the loss compares the net's output with that soft crop; σ near 0 leaves a crop as it is."""
+    from dpir_fast.data.blur import blur, gaussian_kernel
+    from dpir_fast.data.degrade import bicubic_downsample
+    from dpir_fast.train.ir import IRTask
+
+    class Nearest(nn.Module):
+        scale = 4
+
+        def forward(self, y):
+            self.seen = y
+            return y.repeat_interleave(4, -2).repeat_interleave(4, -1)
+
+    x0, net = torch.rand(2, 3, 16, 16), Nearest()
+    sigma = StepRandom(0, 3, Processes(), 2).rand() * 2.0
+    soft = torch.cat([blur(x0[i:i + 1], gaussian_kernel(13, float(sigma[i]))) for i in range(2)])
+    task = IRTask("sr4x", net, ImageFolder(photos, 16), 16, loss="mse", defocus=2.0)
+    loss = task.loss(net, torch.arange(2), x0, StepRandom(0, 3, Processes(), 2))
+    torch.testing.assert_close(net.seen, bicubic_downsample(soft, 4))
+    torch.testing.assert_close(loss, ((net(net.seen) - soft) ** 2).mean())
+    assert not torch.allclose(soft, x0) and task.record()["defocus"] == 2.0
+    torch.testing.assert_close(blur(x0, gaussian_kernel(5, 0.0)), x0)
+    with pytest.raises(ValueError, match="defocus"):
+        IRTask("sr4x", net, ImageFolder(photos, 16), 16, defocus=-1.0)
+
+
 def _same_weights(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     for k in a:

@@ -1,7 +1,8 @@
 """Data: image files in and out (images.py), synthetic RAW bursts (burst.py), motion blur (blur.py),
 MATLAB-bicubic resizing (degrade.py), training crops from image folders (datasets.py)."""
 
-from .blur import arc_kernel, blur, motion_blur, random_motion_kernel, random_trajectory, trajectory_kernel
+from .blur import (arc_kernel, blur, gaussian_kernel, motion_blur, random_motion_kernel, random_trajectory,
+                   trajectory_kernel)
 from .burst import (DEFAULT_CAMERA, Camera, SyntheticBurst, linear_to_srgb, mosaic, pack_raw, random_camera,
                     synthetic_burst, unpack_raw, unprocess)
 from .datasets import CropStream, DatasetError, ImageFolder
@@ -10,6 +11,6 @@ from .images import IMAGE_SUFFIXES, ImageInfo, ImageReadError, find_images, outp
 
 __all__ = ["Camera", "CropStream", "DEFAULT_CAMERA", "DatasetError", "IMAGE_SUFFIXES", "ImageFolder", "ImageInfo",
            "ImageReadError", "SyntheticBurst", "arc_kernel", "bicubic_downsample", "blur", "find_images",
-           "imresize", "linear_to_srgb", "mosaic", "motion_blur", "output_suffix", "pack_raw", "random_camera",
-           "random_motion_kernel", "random_trajectory", "read_image", "synthetic_burst", "trajectory_kernel",
-           "unpack_raw", "unprocess", "write_image"]
+           "gaussian_kernel", "imresize", "linear_to_srgb", "mosaic", "motion_blur", "output_suffix", "pack_raw",
+           "random_camera", "random_motion_kernel", "random_trajectory", "read_image", "synthetic_burst",
+           "trajectory_kernel", "unpack_raw", "unprocess", "write_image"]

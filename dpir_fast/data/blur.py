@@ -97,6 +97,15 @@ def arc_kernel(length: float, size: int, angle: float = 0.0, turn: float = 0.0, 
     return trajectory_kernel(torch.stack([x, y], 1), size)
 
 
+def gaussian_kernel(size: int, sigma: float) -> torch.Tensor:
+    """An isotropic Gaussian kernel [size, size] (float64, sum 1) of standard deviation ``sigma`` pixels (0: a
+    point): a defocus blur, and SSIM's window."""
+    r = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-r * r / (2 * max(sigma, 1e-3) ** 2))
+    g = g / g.sum()
+    return g[:, None] * g[None, :]
+
+
 def blur(image: torch.Tensor, kernel: torch.Tensor, padding: str = "reflect") -> torch.Tensor:
     """Convolve image [B, C, H, W] (or [C, H, W]) with kernel [k, k] (or one [B, k, k] per image).
 

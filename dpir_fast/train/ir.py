@@ -6,13 +6,20 @@ reproduced from scratch: y = degrade(x0), loss = L1(IR(y), x0) (SwinIR's recipe)
 ``grain`` > 0 adds film grain to the clean crops first: x0 ← clip(x0 + σ·ε), σ ~ U[0, grain] per crop, so that
 both the target and its degradation carry it. Grain is unpredictable from a degraded image: the net learns to
 leave it soft instead of sharpening it into detail (clean training images teach the opposite).
+
+``defocus`` > 0 blurs the clean crops first by a Gaussian of σ ~ U[0, defocus] pixels per crop (target and
+degradation alike): photos have soft, out-of-focus areas that a net trained on crisp images sharpens into edges
+that were never there.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..data.blur import blur, gaussian_kernel
 from ..data.datasets import CropStream, ImageFolder, center_crops
 from ..metrics import psnr
 from .common import StepRandom
@@ -27,11 +34,15 @@ class IRTask:
     name = "ir"
 
     def __init__(self, task: str, model: nn.Module, data: ImageFolder, crop: int, seed: int = 0,
-                 val: ImageFolder | None = None, val_images: int = 8, loss: str = "l1", grain: float = 0.0):
+                 val: ImageFolder | None = None, val_images: int = 8, loss: str = "l1", grain: float = 0.0,
+                 defocus: float = 0.0):
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {loss!r}")
         if not 0.0 <= grain < 1.0:
             raise ValueError(f"grain is a noise level in [0, 1), got {grain}")
+        if not 0.0 <= defocus <= 8.0:
+            raise ValueError(f"defocus is a Gaussian blur's largest σ in pixels, in [0, 8], got {defocus}")
+        self.defocus = float(defocus)
         self.task, self.model, self.seed, self.loss_name, self.grain = task, model, int(seed), loss, float(grain)
         self.dataset = CropStream(data, crop, seed)
         self.val_columns = ("val_psnr",) if val is not None else ()
@@ -44,6 +55,10 @@ class IRTask:
             if self.grain:
                 sigma = (rnd.rand() * self.grain).to(x0.dtype)[:, None, None, None]
                 x0 = (x0 + sigma * rnd.randn(*x0.shape[1:]).to(x0)).clamp(0, 1)
+            if self.defocus:
+                size = 2 * math.ceil(3 * self.defocus) + 1
+                sigmas = (rnd.rand() * self.defocus).tolist()
+                x0 = blur(x0, torch.stack([gaussian_kernel(size, s) for s in sigmas]))
             y = degrade_image(self.task, x0, ids, self.seed)
         return LOSSES[self.loss_name](ir_forward(net, y), x0)
 
@@ -54,4 +69,5 @@ class IRTask:
         return {"val_psnr": float(psnr(out, x0).mean())}
 
     def record(self) -> dict:
-        return {"task": self.task, "crop": self.dataset.size, "loss": self.loss_name, "grain": self.grain}
+        return {"task": self.task, "crop": self.dataset.size, "loss": self.loss_name, "grain": self.grain,
+                "defocus": self.defocus}
