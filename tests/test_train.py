@@ -91,18 +91,20 @@ def test_denoiser_eps_loss_weighs_every_noise_level_alike(photos):
             DenoiserTask(_tiny_mirnet(), ImageFolder(photos, 16), 16, **bad)
 
 
+class Nearest(nn.Module):
+    """A ×4 'IR net' that repeats pixels and keeps the input it saw."""
+    scale = 4
+
+    def forward(self, y):
+        self.seen = y
+        return y.repeat_interleave(4, -2).repeat_interleave(4, -1)
+
+
 def test_ir_grain_goes_into_the_target_and_its_degradation(photos):
     """grain > 0: the crop gets x0 + σ·ε (σ ~ U[0, grain], the step's draws), clipped, before the degradation,
     and the loss compares the net's output with that grainy crop."""
     from dpir_fast.data.degrade import bicubic_downsample
     from dpir_fast.train.ir import IRTask
-
-    class Nearest(nn.Module):
-        scale = 4
-
-        def forward(self, y):
-            self.seen = y
-            return y.repeat_interleave(4, -2).repeat_interleave(4, -1)
 
     x0, net = torch.rand(2, 3, 16, 16), Nearest()
     draws = StepRandom(0, 3, Processes(), 2)
@@ -123,13 +125,6 @@ def test_ir_defocus_softens_the_target_and_its_degradation(photos):
     from dpir_fast.data.blur import blur, gaussian_kernel
     from dpir_fast.data.degrade import bicubic_downsample
     from dpir_fast.train.ir import IRTask
-
-    class Nearest(nn.Module):
-        scale = 4
-
-        def forward(self, y):
-            self.seen = y
-            return y.repeat_interleave(4, -2).repeat_interleave(4, -1)
 
     x0, net = torch.rand(2, 3, 16, 16), Nearest()
     sigma = StepRandom(0, 3, Processes(), 2).rand() * 2.0
