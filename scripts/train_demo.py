@@ -67,7 +67,7 @@ SMOOTH_DB = 40.0           # a crop is "smooth" when bicubic upsampling already 
 RECIPES = {  # steps, global batch, HR crop, Adam lr, staircase decay, decay every; IR: loss, film grain σ ≤
     "ir": dict(steps=6000, batch=16, crop=192, lr=5e-4, lr_decay=0.5, lr_every=2000, loss="l1", grain=0.0),
     # then the MSE (the PSNR's own loss), each crop softened by a Gaussian of σ ~ U[0, 1.5] px (defocus)
-    "ir_ft": dict(steps=1500, batch=16, crop=192, lr=1e-4, lr_decay=0.5, lr_every=500, loss="mse", defocus=1.5),
+    "ir_ft": dict(steps=1000, batch=8, crop=128, lr=1e-4, lr_decay=0.5, lr_every=400, loss="mse", defocus=1.5),
     "denoiser": dict(steps=4000, batch=8, crop=64, lr=4e-4, lr_decay=0.5, lr_every=1500),
     # then every noise level the demos' steps see weighed alike (loss "eps"), flat colours included
     "denoiser_ft": dict(steps=1500, batch=8, crop=64, lr=1e-4, lr_decay=0.5, lr_every=600),
