@@ -74,7 +74,7 @@ RECIPES = {  # steps, global batch, HR crop, Adam lr, staircase decay, decay eve
     "fusion": dict(steps=2000, batch=8, crop=64, lr=5e-4, lr_decay=0.5, lr_every=700, ir_anchor=1.0),
     "deblur_ir": dict(steps=20000, batch=8, crop=128, lr=5e-4, lr_decay=0.5, lr_every=8000, loss="l1"),
     # then on the camera-shake generator's full range of sizes (see stage_train), weights averaged
-    "deblur_ir_ft": dict(steps=2500, batch=8, crop=128, lr=2e-4, lr_decay=0.5, lr_every=1000, loss="l1", ema=0.999),
+    "deblur_ir_ft": dict(steps=2000, batch=8, crop=128, lr=2e-4, lr_decay=0.5, lr_every=800, loss="l1", ema=0.999),
     "deblur_fusion": dict(steps=2000, batch=8, crop=64, lr=5e-4, lr_decay=0.5, lr_every=700, ir_anchor=1.0),
 }
 DENOISER = "denoiser_ft"    # the WORK subfolder of the denoiser every demo ships: "denoiser" fine-tuned

@@ -48,9 +48,9 @@ def output_file(output: str | Path) -> Path:
     return Path(output)
 
 
-# --task: the shipped pipeline, its scale, what a photo goes through first, and the baseline it is scored against
-TASKS = {"sr4x": dict(weights="demo-sr4x", scale=4, degraded="reduced x4 (MATLAB bicubic)", baseline="bicubic"),
-         "deblur": dict(weights="demo-deblur", scale=1, degraded="blurred by a 15-px curved camera shake",
+# --task: the shipped pipeline, what a photo goes through first, and the baseline it is scored against
+TASKS = {"sr4x": dict(weights="demo-sr4x", degraded="reduced x4 (MATLAB bicubic)", baseline="bicubic"),
+         "deblur": dict(weights="demo-deblur", degraded="blurred by a 15-px curved camera shake",
                         baseline="blurred")}
 SHAKE = dict(length=15.0, size=23, angle=0.4, turn=2.0)   # the demo's blur: an arc_kernel, none of the training's
 SHAKE_NOISE = 1 / 255
