@@ -141,8 +141,9 @@ def test_restore_takes_a_shipped_pipeline_by_name(tmp_path, capsys, reference_ba
 
 
 def test_deblur_demo_panels_and_scores_with_stand_in_weights(tmp_path, monkeypatch, capsys, reference_backend):
-    """--task deblur: the sample blurred by the demo's shake (not a training kernel), restored by the pipeline
-    demo-deblur names (here a tiny untrained one), blurred | IR net | DP-IR | ground truth, gains over blurred."""
+    """task="deblur": the sample blurred by the demo's shake (not a training kernel), restored by the pipeline
+    demo-deblur names (here a tiny untrained one), blurred | IR net | DP-IR | ground truth, gains over blurred.
+    `dpir-fast demo --task` offers only the tasks whose weights are in the package."""
     from dpir_fast.models import CompactUNet, FusionNet, MIRNet
     from dpir_fast.pretrained import demo
 
@@ -151,12 +152,16 @@ def test_deblur_demo_panels_and_scores_with_stand_in_weights(tmp_path, monkeypat
                                                            n_msrb=1), FusionNet(n_feat=4, growth=2), tau=2)
     asked = []
     monkeypatch.setattr(DPIR, "from_pretrained", classmethod(lambda cls, name, device=None: asked.append(name) or tiny))
-    assert cli.main(["demo", "--task", "deblur", "-o", str(tmp_path)]) == 0
-    err = capsys.readouterr().err
+    log = []
+    demo.run_demo(tmp_path, task="deblur", log=log.append)
+    err = "\n".join(log)
     assert asked == ["demo-deblur"] and "128x128 blurred by a 15-px curved camera shake" in err
     assert "PSNR vs ground truth: blurred" in err and "gain over blurred: IR net" in err
     with Image.open(tmp_path / "demo.png") as im:   # blurred | IR net | DP-IR | ground truth
         assert im.size == (4 * 128 + 3 * 4, 128 + 14)
+    shipped = [t for t in demo.TASKS if demo.TASKS[t]["weights"] in PRETRAINED]
+    assert cli.main(["demo", "--task", "none", "-o", str(tmp_path)]) == 2
+    assert f"choose from {', '.join(repr(t) for t in sorted(shipped))}" in capsys.readouterr().err
     sharp = torch.rand(1, 3, 40, 48)
     blurred = demo.degrade("deblur", sharp, seed=3)
     assert blurred.shape == sharp.shape and torch.equal(blurred, demo.degrade("deblur", sharp, seed=3))

@@ -15,7 +15,7 @@ from ..data.blur import arc_kernel, blur
 from ..data.degrade import bicubic_downsample, imresize
 from ..data.images import read_image
 from ..metrics import psnr
-from . import SAMPLE_IMAGE
+from . import PRETRAINED, SAMPLE_IMAGE
 
 GAP, LABEL = 4, 14  # pixels between panels, height of the label strip
 PHOTO_CROP = 512    # --photo: the centre crop at most this size (a whole photo takes minutes on a CPU)
@@ -118,8 +118,10 @@ def add_parser(sub) -> None:
                                    "package: x4 super-resolution (demo-sr4x) or --task deblur (demo-deblur); write "
                                    "input | bicubic or blurred | IR net | DP-IR (| ground truth) side by side in "
                                    "one PNG and print the PSNR of each.")
-    p.add_argument("--task", choices=sorted(TASKS), default="sr4x",
-                   help="sr4x (default): x4 super-resolution; deblur: camera-shake deblurring")
+    shipped = sorted(task for task, spec in TASKS.items() if spec["weights"] in PRETRAINED)
+    p.add_argument("--task", choices=shipped, default="sr4x",
+                   help="sr4x (default): x4 super-resolution; deblur: camera-shake deblurring (those with weights "
+                        f"in this installation: {', '.join(shipped)})")
     p.add_argument("-o", "--output", default="demo.png", metavar="PNG",
                    help="comparison image to write, or a folder to write demo.png into (default demo.png)")
     source = p.add_mutually_exclusive_group()
