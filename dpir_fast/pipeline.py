@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import _backend, tiling
+from . import _backend, ops, tiling
 from .checkpoints import FORMAT, VERSION, CheckpointError, build_model, model_record, read_checkpoint
 from .engine import GRAPH_MODES, Engine, Plan, versions
 from .models._common import crop_to, pad_to_multiple
@@ -98,9 +98,9 @@ class DPIR(nn.Module):
     "fp32"; None: bf16 on CUDA and on CPUs with native bf16, fp32 elsewhere); ``tile`` (None: as large as
     memory and ``max_pixels`` allow; or a side / (h, w) in output pixels) and ``tile_overlap`` (output
     pixels): the whole pipeline runs on overlapping tiles blended with raised-cosine weights, the noise
-    drawn per global pixel; ``batch_size`` tiles per batch; ``compile``: the networks to ``torch.compile`` (any of "ir",
-    "denoiser", "fusion", or "all"; the fusion only where Triton does not fuse it, as on CPU; each compiles
-    on its first call and again for a new tile shape: worth it for folders of same-sized images);
+    drawn per global pixel; ``batch_size`` tiles per batch; ``compile``: the networks to ``torch.compile``
+    (any of "ir", "denoiser", "fusion", or "all"; the fusion only where Triton does not fuse it, as on CPU;
+    each compiles on its first call and again for a new tile shape: worth it for many same-sized images);
     ``graphs``: CUDA-graph capture of the sampling loop ("auto", "on", "off"; :class:`~dpir_fast.engine.Engine`);
     ``channels_last``: the denoiser's memory format (True: NHWC, the layout of cuDNN's and oneDNN's fast
     convolutions; False: NCHW, as a baseline).
@@ -397,7 +397,7 @@ class DPIR(nn.Module):
 
     def _denoise(self, inp: torch.Tensor, net: nn.Module | None = None) -> torch.Tensor:
         with self._autocast():
-            return run_network(net or self._network("denoiser"), inp, margin=DENOISER_MARGIN)
+            return run_network(self._network("denoiser") if net is None else net, inp, margin=DENOISER_MARGIN)
 
     def _engine(self) -> Engine:
         """The engine of the current settings, device and weights (kept, with its CUDA graphs, while they hold)."""
@@ -409,7 +409,8 @@ class DPIR(nn.Module):
         if self._cache.get("engine_key") != key:
             s = self.settings
             plan = Plan.make(self.schedule, s["tau"], s["tail"], s["tail_steps"], s["start"], s["eta"])
-            fused = _backend.resolve("triton", self.device, s["backend"]) == "triton"   # one kernel already
+            # a fusion Triton runs as one kernel stays as it is; any other may be compiled
+            fused = ops.fuses(self.fusion, torch.empty(0, device=self.device), s["backend"])
             fusion = self.fusion if fused else self._network("fusion")
             self._cache["engine"] = Engine(plan, self._denoise, fusion, DTYPES[self.dtype_name],
                                            channels_last=s["channels_last"], backend=s["backend"],

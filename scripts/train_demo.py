@@ -105,8 +105,8 @@ def stage_train(work: Path, name: str) -> None:
         task = IRTask("sr4x", CompactSR(**IR_CONFIG).to(memory_format=torch.channels_last), data, r["crop"],
                       val=val, loss=r["loss"], grain=r["grain"])
     elif name in ("deblur_ir", "deblur_ir_ft"):
-        # deblur_ir_ft continues deblur_ir (20000 steps): the shipped net's were run before the generator's
-        # trajectories stopped depending on their step count (most of its kernels then spanned 3-5 px)
+        # deblur_ir_ft continues deblur_ir (20000 steps), whose steps in scripts/demo_states were run before the
+        # generator's trajectories stopped depending on their step count (most of its kernels then spanned 3-5 px)
         net = CompactUNet(**UNET_CONFIG) if name == "deblur_ir" else _load(work / "deblur_ir" / "model.pt")
         task = IRTask("deblur", net.to(memory_format=torch.channels_last), data, r["crop"], val=val, loss=r["loss"])
     elif name == "denoiser":

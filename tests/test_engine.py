@@ -292,3 +292,16 @@ def test_a_bucket_on_another_device_than_the_current_one_captures_and_replays_th
             x_ir = torch.rand(1, 3, 16, 16, device="cuda:1")
             torch.testing.assert_close(graph.run(x_ir, seeds), eager.run(x_ir, seeds), rtol=0, atol=1e-5)
     assert graph.runners[Bucket(1, 3, 16, 16, torch.device("cuda:1"))].graph is not None
+
+
+def test_compile_leaves_a_fusion_triton_runs_as_one_kernel(monkeypatch):
+    """compile="all" with the Triton backend: the IR net and denoiser go through torch.compile, the FusionNet the
+    engine fuses does not (compiled, it would run unfused); the result is the uncompiled pipeline's."""
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda module: compiled.append(module) or module)
+    fast, _ = pair("cpu", tau=2)
+    y = torch.rand(1, 3, 5, 4)
+    expected = fast(y, seed=2)
+    out = fast.configure(compile="all")(y, seed=2)
+    assert compiled == [fast.ir, fast.denoiser] and isinstance(fast.fusion, FusionNet)
+    torch.testing.assert_close(out, expected)
