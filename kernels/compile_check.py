@@ -78,6 +78,10 @@ def compile_all(arch: int, dtypes=("float32", "bfloat16", "float16")) -> list[di
 
     def compile_only(self, grid):
         def launch(*args, **kwargs):
+            # Triton keeps compiled kernels per device, not per target: drop those of an earlier arch (checking
+            # 80 then 90 in one process otherwise reported sm_80 code in the sm_90 table)
+            if any(entry[2] != driver.active.get_current_target() for entry in self.device_caches.values()):
+                self.device_caches.clear()
             kernel = self.run(*args, grid=grid, warmup=True, **kwargs)
             dtype = next(str(a.dtype).removeprefix("torch.") for a in args if isinstance(a, torch.Tensor))
             name = self.fn.__name__
