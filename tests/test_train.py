@@ -16,7 +16,9 @@ from dpir_fast import DPIR, cli, save_checkpoint
 from dpir_fast.data.datasets import ImageFolder
 from dpir_fast.models import FusionNet, MIRNet
 from dpir_fast.train import DenoiserTask, FusionTask, Processes, TrainConfig, TrainError, fit, ir_pair, read_state
+from dpir_fast.reference.sampler import denoiser_input_ref
 from dpir_fast.train.common import StepRandom
+from dpir_fast.train.fusion import LOSSES, PSNR_LOSS_FLOOR
 from tests.helpers import tiny_swinir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -283,3 +285,47 @@ def test_fusion_ir_anchor_draws_x_t_around_x0_or_the_ir_estimate(photos, anchor)
     assert torch.equal(seen[0], x_ir if anchor else target) and not torch.equal(x_ir, target)
     with pytest.raises(TrainError, match="probability"):
         FusionTask("sr4x", task.model, task.ir, task.denoiser, ImageFolder(photos, 16), 16, ir_anchor=1.5)
+
+
+def test_fusion_psnr_loss_is_the_mean_per_crop_log_error(photos):
+    """loss "psnr": mean over crops of 10·log10(MSE + floor), so one crop's large error cannot outweigh the rest
+    (errors of 0.1 and 0.01: with "mse" the worse crop pulls 10x harder, with "psnr" ~9x less: by error / MSE)."""
+    task = _fusion_task(photos, 0)
+    ids, x0 = torch.tensor([0, 1]), torch.rand(2, 3, 16, 16)
+    x_ir, target = task.ir_estimate(ids, x0)
+    offsets = torch.tensor([0.1, 0.01])[:, None, None, None]   # per-crop errors of 0.1 and 0.01 everywhere
+    grads = {}
+    for loss in LOSSES:
+        task.loss_name = loss
+        out = (target + offsets).requires_grad_()
+        value = task.loss(lambda *_: out, ids, x0, StepRandom(0, 1, Processes(), 2))
+        value.backward()
+        grads[loss] = out.grad.abs().flatten(1).sum(1)
+        if loss == "psnr":
+            assert torch.allclose(value, (10 * torch.log10(offsets.flatten() ** 2 + PSNR_LOSS_FLOOR)).mean())
+    assert grads["mse"][0] / grads["mse"][1] == pytest.approx(10)
+    ratio = 10 * (1e-4 + PSNR_LOSS_FLOOR) / (1e-2 + PSNR_LOSS_FLOOR)
+    assert grads["psnr"][0] / grads["psnr"][1] == pytest.approx(ratio)
+    with pytest.raises(TrainError, match="loss must be one of"):
+        FusionTask("sr4x", task.model, task.ir, task.denoiser, ImageFolder(photos, 16), 16, loss="l1")
+
+
+def test_fusion_denoiser_sees_its_input_as_the_pipeline_runs_it(photos):
+    """Training calls the frozen denoiser as the sampler does, mirrored margin included."""
+    task = _fusion_task(photos, 0)
+    pipe = DPIR(task.ir, task.denoiser, task.model)
+    x0, t, eps = torch.rand(1, 3, 16, 16), torch.tensor([7]), torch.randn(1, 3, 16, 16)
+    ab = float(task.alpha_bar[7])
+    inp = denoiser_input_ref(ab ** 0.5 * x0 + (1 - ab) ** 0.5 * eps, 7, task.schedule)
+    assert torch.allclose(task.denoise(x0, t, eps), pipe._denoise(inp).float(), atol=1e-6)
+
+
+def test_anchored_fusion_is_also_validated_around_the_ir_estimate(photos):
+    task = _fusion_task(photos, 0)
+    anchored = FusionTask("sr4x", task.model, task.ir, task.denoiser, ImageFolder(photos, 16), 16,
+                          val=ImageFolder(photos, 16), ir_anchor=1.0)
+    scores = anchored.validate(task.model)
+    columns = {"val_psnr_ir", *(f"val_psnr{c}_t{t}" for c in ("", "_anchor") for t in (1, 125, 250))}
+    assert set(scores) == set(anchored.val_columns) == columns
+    assert scores["val_psnr_anchor_t1"] != scores["val_psnr_t1"]
+    assert set(task.validate(task.model)) == {"val_psnr_ir", "val_psnr_t1", "val_psnr_t125", "val_psnr_t250"}

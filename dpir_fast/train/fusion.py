@@ -3,12 +3,18 @@
 Per sample: y = degrade(x0), x_IR = IR(y) (frozen, eval; :func:`ir_pair`), t uniform in [1, τ_max] (τ_max =
 the task's τ, the timesteps the sampler runs the fusion at; the paper leaves the range open),
 x_t = sqrt(ᾱ_t)·x0 + sqrt(1 − ᾱ_t)·ε (a draw of q(x_t | x0)), x_den = denoiser(denoiser_input_ref(x_t, t))
-(frozen), loss = MSE(fusion(x_IR, x_den, t), x0). With ``ir_anchor`` = p > 0 (not the paper's recipe), a
-fraction p of the samples draws x_t around x_IR instead, x_t = sqrt(ᾱ_t)·x_IR + sqrt(1 − ᾱ_t)·ε: what the jump
-gives the sampler at t = τ, where the denoiser knows no more than the IR net (a weak IR net and denoiser then
-learn to refine x_IR rather than trust a denoiser estimate that is only as good as x_IR). With a crop pool
-(``pool`` > 0) the training crops are a fixed set and each crop's IR output is computed once, one crop at a time
-(so it does not depend on which batch it fell in), and kept in memory.
+(frozen, called as the pipeline calls it), loss = MSE(fusion(x_IR, x_den, t), x0) (``loss="mse"``).
+
+Not the paper's recipe, both off by default:
+- ``loss="psnr"`` averages 10·log10(MSE + (1/255)²) per crop instead: the mean PSNR over images that evaluation
+  reports, where crops whose error no network removes (dead leaves under a long blur) cannot drown the photos;
+- ``ir_anchor`` = p > 0: a fraction p of the samples draws x_t around x_IR instead,
+  x_t = sqrt(ᾱ_t)·x_IR + sqrt(1 − ᾱ_t)·ε, what the jump gives the sampler at t = τ, where the denoiser knows no
+  more than the IR net (a weak IR net and denoiser then learn to refine x_IR rather than trust a denoiser estimate
+  that is only as good as x_IR).
+
+With a crop pool (``pool`` > 0) the training crops are a fixed set and each crop's IR output is computed once, one
+crop at a time (so it does not depend on which batch it fell in), and kept in memory.
 """
 from __future__ import annotations
 
@@ -22,13 +28,15 @@ from ..data.burst import linear_to_srgb, synthetic_burst
 from ..data.degrade import bicubic_downsample
 from ..metrics import psnr
 from ..models._common import crop_to, pad_to_multiple
-from ..pipeline import PRESETS, run_network
+from ..pipeline import DENOISER_MARGIN, PRESETS, run_network
 from ..reference.sampler import denoiser_input_ref
 from ..schedule import Schedule
 from .common import StepRandom, TrainError
 
 TASKS = tuple(PRESETS)
 DEBLUR_NOISE = 2 / 255   # the deblurring inputs' noise: σ up to this, as a camera's at base ISO
+LOSSES = ("mse", "psnr")
+PSNR_LOSS_FLOOR = (1 / 255) ** 2   # loss "psnr": crops closer than 1/255 RMS weigh no more than one that close
 
 
 def _generator(seed: int, crop_id: int) -> torch.Generator:
@@ -87,11 +95,13 @@ class FusionTask:
     def __init__(self, task: str, fusion: nn.Module, ir: nn.Module, denoiser: nn.Module, data: ImageFolder,
                  crop: int, seed: int = 0, t_max: int | None = None, pool: int = 0,
                  schedule: Schedule | None = None, val: ImageFolder | None = None, val_images: int = 8,
-                 ir_anchor: float = 0.0):
+                 ir_anchor: float = 0.0, loss: str = "mse"):
         if not 0.0 <= ir_anchor <= 1.0:
             raise TrainError(f"ir_anchor is a probability in [0, 1], got {ir_anchor}")
+        if loss not in LOSSES:
+            raise TrainError(f"loss must be one of {LOSSES}, got {loss!r}")
         self.task, self.model, self.seed, self.pool = task, fusion, int(seed), int(pool)
-        self.ir_anchor = float(ir_anchor)
+        self.ir_anchor, self.loss_name = float(ir_anchor), loss
         if task not in TASKS:
             raise TrainError(f"task must be one of {TASKS}, got {task!r}")
         self.schedule = schedule or Schedule.linear()
@@ -103,7 +113,11 @@ class FusionTask:
         self.dataset = CropStream(data, crop, seed, pool=pool)
         self.cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.val_ts = sorted({1, max(1, self.t_max // 2), self.t_max}) if val is not None else []
-        self.val_columns = ("val_psnr_ir", *(f"val_psnr_t{t}" for t in self.val_ts)) if val is not None else ()
+        # x_t drawn around x0 (the paper's training draw) and, with an anchor, around x_IR too (what the sampler's
+        # first step meets, and what an anchored fusion is trained on)
+        self.val_centres = ("", "_anchor") if self.ir_anchor > 0 else ("",)
+        self.val_columns = ("val_psnr_ir", *(f"val_psnr{c}_t{t}" for c in self.val_centres for t in self.val_ts)
+                            ) if val is not None else ()
         if val is not None:
             self.val_x0 = center_crops(val, crop, val_images)
             self.val_ids = torch.arange(len(self.val_x0)) + 2**40  # degradation keys apart from training crops
@@ -132,7 +146,7 @@ class FusionTask:
         ab = self.alpha_bar.to(x0.device)[t].to(torch.float32)[:, None, None, None]
         x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
         inp = torch.cat([denoiser_input_ref(x_t[i:i + 1], int(t[i]), self.schedule) for i in range(len(t))])
-        return run_network(self.denoiser, inp).float()
+        return run_network(self.denoiser, inp, margin=DENOISER_MARGIN).float()   # as the pipeline runs it
 
     def loss(self, net: nn.Module, ids: torch.Tensor, x0: torch.Tensor, rnd: StepRandom) -> torch.Tensor:
         self.to(x0.device)
@@ -143,7 +157,10 @@ class FusionTask:
         if self.ir_anchor > 0:
             centre = torch.where((rnd.rand() < self.ir_anchor)[:, None, None, None], x_ir, x0)
         x_den = self.denoise(centre, t, eps)
-        return F.mse_loss(net(x_ir, x_den, t).float(), x0)
+        if self.loss_name == "mse":
+            return F.mse_loss(net(x_ir, x_den, t).float(), x0)
+        mse = (net(x_ir, x_den, t).float() - x0).square().mean((1, 2, 3))
+        return 10 * torch.log10(mse + PSNR_LOSS_FLOOR).mean()
 
     @torch.no_grad()
     def validate(self, model: nn.Module, batch: int = 4) -> dict[str, float]:
@@ -156,16 +173,19 @@ class FusionTask:
         x0 = self.val_target.to(device)
         out = {"val_psnr_ir": float(psnr(self.val_ir.clamp(0, 1), x0).mean())}
         eps = self.val_eps.to(device)
-        for t in self.val_ts:
-            scores = []
-            for i in range(0, len(x0), batch):
-                tt = torch.full((len(x0[i:i + batch]),), t, device=device)
-                x_den = self.denoise(x0[i:i + batch], tt, eps[i:i + batch])
-                fused = model(self.val_ir[i:i + batch], x_den, tt).float().clamp(0, 1)
-                scores.append(psnr(fused, x0[i:i + batch]))
-            out[f"val_psnr_t{t}"] = float(torch.cat(scores).mean())
+        x_ir = self.val_ir.to(device)
+        for c, centre in zip(self.val_centres, (x0, x_ir)):
+            for t in self.val_ts:
+                scores = []
+                for i in range(0, len(x0), batch):
+                    tt = torch.full((len(x0[i:i + batch]),), t, device=device)
+                    x_den = self.denoise(centre[i:i + batch], tt, eps[i:i + batch])
+                    fused = model(x_ir[i:i + batch], x_den, tt).float().clamp(0, 1)
+                    scores.append(psnr(fused, x0[i:i + batch]))
+                out[f"val_psnr{c}_t{t}"] = float(torch.cat(scores).mean())
         return out
 
     def record(self) -> dict:
         return {"task": self.task, "crop": self.dataset.size, "t_max": self.t_max, "pool": self.pool,
-                "schedule": self.schedule.config(), "ir_anchor": self.ir_anchor}
+                "schedule": self.schedule.config(), "ir_anchor": self.ir_anchor,
+                "loss": self.loss_name}
