@@ -1,6 +1,7 @@
 """Tiny CPU training runs: the loss falls, resuming is exact, 2-process DDP keeps ranks identical, the CLI works."""
 import csv
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -17,8 +18,8 @@ from dpir_fast.data.datasets import ImageFolder
 from dpir_fast.models import FusionNet, MIRNet
 from dpir_fast.train import DenoiserTask, FusionTask, Processes, TrainConfig, TrainError, fit, ir_pair, read_state
 from dpir_fast.reference.sampler import denoiser_input_ref
-from dpir_fast.train.common import StepRandom
-from dpir_fast.train.fusion import LOSSES, PSNR_LOSS_FLOOR
+from dpir_fast.train.common import PSNR_LOSS_FLOOR, StepRandom
+from dpir_fast.train.fusion import LOSSES
 from tests.helpers import tiny_swinir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -329,3 +330,27 @@ def test_anchored_fusion_is_also_validated_around_the_ir_estimate(photos):
     assert set(scores) == set(anchored.val_columns) == columns
     assert scores["val_psnr_anchor_t1"] != scores["val_psnr_t1"]
     assert set(task.validate(task.model)) == {"val_psnr_ir", "val_psnr_t1", "val_psnr_t125", "val_psnr_t250"}
+
+
+def test_sigterm_saves_the_state_of_the_last_completed_step(photos, tmp_path):
+    """kill (SIGTERM) stops a run as Ctrl-C does: last.pt holds the last completed step, and a resumed run ends
+    where an uninterrupted one does; the process's own SIGTERM handler is back afterwards."""
+    task = _denoiser_task(photos)
+    calls = []
+
+    def loss(net, ids, x0, rnd, plain=task.loss):
+        calls.append(1)
+        if len(calls) == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return plain(net, ids, x0, rnd)
+
+    task.loss = loss
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        fit(task, _config(tmp_path / "part", 6, ckpt_every=100), Processes())
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert read_state(tmp_path / "part" / "last.pt")["step"] == 3
+    fit(_denoiser_task(photos), _config(tmp_path / "part", 6, resume=True), Processes())
+    fit(_denoiser_task(photos), _config(tmp_path / "full", 6), Processes())
+    _same_weights(read_state(tmp_path / "full" / "last.pt")["model"]["state_dict"],
+                  read_state(tmp_path / "part" / "last.pt")["model"]["state_dict"])

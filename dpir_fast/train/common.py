@@ -1,5 +1,5 @@
 """What every trainer shares: process setup (single or torchrun DDP), per-step randomness, EMA, the CSV log,
-the progress line, and training-state checkpoints that resume exactly.
+the progress line, training-state checkpoints that resume exactly, and the per-image PSNR loss.
 
 Randomness is keyed, never carried: sample k's crop comes from (seed, k) (``data.datasets``) and the noise of
 step s from a generator seeded with (seed, s) that draws the whole global batch, each process keeping its
@@ -185,3 +185,15 @@ class ProgressLine:
         if self.enabled:
             self.stream.write(("\n" if self.tty else "") + text + "\n")
             self.stream.flush()
+
+
+# 4. Loss -----------------------------------------------------------------------------------------------------------
+PSNR_LOSS_FLOOR = (1 / 255) ** 2   # images closer than 1/255 RMS weigh no more than one that close
+
+
+def psnr_loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean over images [B, C, H, W] of 10·log10(MSE + PSNR_LOSS_FLOOR): minus the mean PSNR that evaluation
+    reports. Each image's gradient is scaled by 1 / its MSE, so images whose error no network removes (dead leaves
+    under a long blur, fine texture at 4×) cannot drown the smooth ones, as they do in the MSE over the batch."""
+    mse = (out.float() - target.float()).square().mean((1, 2, 3))
+    return 10 * torch.log10(mse + PSNR_LOSS_FLOOR).mean()

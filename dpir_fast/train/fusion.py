@@ -6,8 +6,8 @@ x_t = sqrt(ᾱ_t)·x0 + sqrt(1 − ᾱ_t)·ε (a draw of q(x_t | x0)), x_den = d
 (frozen, called as the pipeline calls it), loss = MSE(fusion(x_IR, x_den, t), x0) (``loss="mse"``).
 
 Not the paper's recipe, both off by default:
-- ``loss="psnr"`` averages 10·log10(MSE + (1/255)²) per crop instead: the mean PSNR over images that evaluation
-  reports, where crops whose error no network removes (dead leaves under a long blur) cannot drown the photos;
+- ``loss="psnr"`` (:func:`~dpir_fast.train.common.psnr_loss`): minus the mean PSNR of the crops, so that crops
+  whose error no network removes (dead leaves under a long blur) cannot drown the photos;
 - ``ir_anchor`` = p > 0: a fraction p of the samples draws x_t around x_IR instead,
   x_t = sqrt(ᾱ_t)·x_IR + sqrt(1 − ᾱ_t)·ε, what the jump gives the sampler at t = τ, where the denoiser knows no
   more than the IR net (a weak IR net and denoiser then learn to refine x_IR rather than trust a denoiser estimate
@@ -31,12 +31,11 @@ from ..models._common import crop_to, pad_to_multiple
 from ..pipeline import DENOISER_MARGIN, PRESETS, run_network
 from ..reference.sampler import denoiser_input_ref
 from ..schedule import Schedule
-from .common import StepRandom, TrainError
+from .common import StepRandom, TrainError, psnr_loss
 
 TASKS = tuple(PRESETS)
 DEBLUR_NOISE = 2 / 255   # the deblurring inputs' noise: σ up to this, as a camera's at base ISO
-LOSSES = ("mse", "psnr")
-PSNR_LOSS_FLOOR = (1 / 255) ** 2   # loss "psnr": crops closer than 1/255 RMS weigh no more than one that close
+LOSSES = {"mse": F.mse_loss, "psnr": psnr_loss}
 
 
 def _generator(seed: int, crop_id: int) -> torch.Generator:
@@ -99,7 +98,7 @@ class FusionTask:
         if not 0.0 <= ir_anchor <= 1.0:
             raise TrainError(f"ir_anchor is a probability in [0, 1], got {ir_anchor}")
         if loss not in LOSSES:
-            raise TrainError(f"loss must be one of {LOSSES}, got {loss!r}")
+            raise TrainError(f"loss must be one of {sorted(LOSSES)}, got {loss!r}")
         self.task, self.model, self.seed, self.pool = task, fusion, int(seed), int(pool)
         self.ir_anchor, self.loss_name = float(ir_anchor), loss
         if task not in TASKS:
@@ -157,10 +156,7 @@ class FusionTask:
         if self.ir_anchor > 0:
             centre = torch.where((rnd.rand() < self.ir_anchor)[:, None, None, None], x_ir, x0)
         x_den = self.denoise(centre, t, eps)
-        if self.loss_name == "mse":
-            return F.mse_loss(net(x_ir, x_den, t).float(), x0)
-        mse = (net(x_ir, x_den, t).float() - x0).square().mean((1, 2, 3))
-        return 10 * torch.log10(mse + PSNR_LOSS_FLOOR).mean()
+        return LOSSES[self.loss_name](net(x_ir, x_den, t).float(), x0)
 
     @torch.no_grad()
     def validate(self, model: nn.Module, batch: int = 4) -> dict[str, float]:

@@ -1,7 +1,8 @@
-"""Supervised training of an IR network on a task's synthetic degradation (used for the demo's SwinIR ×4).
+"""Supervised training of an IR network on a task's synthetic degradation (the demos' CompactSR ×4 and CompactUNet).
 
 DP-IR takes the IR net as given (public weights); this trainer exists so that the shipped demo can be
-reproduced from scratch: y = degrade(x0), loss = L1(IR(y), x0) (SwinIR's recipe), or the MSE for a fine-tuning phase.
+reproduced from scratch: y = degrade(x0), loss = L1(IR(y), x0) (SwinIR's recipe), or for a fine-tuning phase the
+MSE or minus the crops' mean PSNR (``loss="psnr"``, :func:`~dpir_fast.train.common.psnr_loss`).
 
 ``grain`` > 0 adds film grain to the clean crops first: x0 ← clip(x0 + σ·ε), σ ~ U[0, grain] per crop, so that
 both the target and its degradation carry it. Grain is unpredictable from a degraded image: the net learns to
@@ -22,10 +23,10 @@ import torch.nn.functional as F
 from ..data.blur import blur, gaussian_kernel
 from ..data.datasets import CropStream, ImageFolder, center_crops
 from ..metrics import psnr
-from .common import StepRandom
+from .common import StepRandom, psnr_loss
 from .fusion import degrade_image, ir_forward
 
-LOSSES = {"l1": F.l1_loss, "mse": F.mse_loss}
+LOSSES = {"l1": F.l1_loss, "mse": F.mse_loss, "psnr": psnr_loss}
 
 
 class IRTask:

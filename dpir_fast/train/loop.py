@@ -4,11 +4,14 @@ autocast, DDP when there are several processes, checkpoints that resume bit for 
 A task supplies ``name``, ``model`` (the trained network), ``dataset`` (a CropStream), ``val_columns``,
 ``loss(net, ids, x0, rnd) -> scalar``, ``validate(model) -> {column: value}`` and ``record() -> dict``.
 Files written to ``out``: ``last.pt`` (the whole training state), ``model.pt`` (the network, EMA weights when
-EMA is on, loadable with ``load_checkpoint``/``build_model``) and ``log.csv``.
+EMA is on, loadable with ``load_checkpoint``/``build_model``) and ``log.csv``. Ctrl-C, or SIGTERM (what ``kill``
+and batch schedulers send), on a single process saves the state of the last completed step before stopping.
 """
 from __future__ import annotations
 
 import contextlib
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -122,13 +125,32 @@ def fit(task, cfg: TrainConfig, procs: Processes) -> dict:
     bar = ProgressLine(cfg.steps, cfg.log_every, enabled=procs.main and not cfg.quiet)
     batches = iter(loader)
     try:
-        return _steps(task, cfg, procs, model, net, opt, sched, ema, batches, log, bar, start)
+        with _terminate_as_interrupt():
+            return _steps(task, cfg, procs, model, net, opt, sched, ema, batches, log, bar, start)
     except KeyboardInterrupt:
         done = sched.last_epoch  # steps completed: the scheduler steps once per optimizer step
         if procs.world == 1 and done > start:
             save_state(out / "last.pt", task, cfg, done, opt, sched, ema, procs.world)
             bar.message(f"interrupted: state of step {done} saved in {out / 'last.pt'}; continue with --resume")
         raise
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM raises KeyboardInterrupt inside the block, so it stops training as Ctrl-C does (a background job of
+    a non-interactive shell ignores SIGINT); the previous handler comes back afterwards."""
+    if threading.current_thread() is not threading.main_thread():   # signal handlers live on the main thread
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _steps(task, cfg: TrainConfig, procs: Processes, model, net, opt, sched, ema, batches, log, bar,
