@@ -190,8 +190,8 @@ class DPIR(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name: str = "demo-sr4x", device=None) -> "DPIR":
-        """A pipeline whose weights ship inside the package: ``"demo-sr4x"`` (small, CPU-trained;
-        dpir_fast/pretrained/MODEL_CARD.md). Stored in fp16, loaded as float32."""
+        """A pipeline whose weights ship inside the package: ``"demo-sr4x"`` or ``"demo-deblur"`` (small,
+        CPU-trained; dpir_fast/pretrained/MODEL_CARD.md). Stored in fp16, loaded as float32."""
         from .pretrained import pretrained_path
         return cls.from_checkpoint(pretrained_path(name), device=device)
 

@@ -7,6 +7,7 @@ Stages (``--stage``, ``all`` runs them in order; each resumes where it stopped):
   data      the images (scripts/demo_data.py: skimage photos, Debian wallpapers, dead leaves; train/val/test)
   ir        CompactSR ×4, L1 loss                           } side by side,
   denoiser  a narrow MIRNet on [x̃, σ̃]                       } one thread each
+  ir-ft     that IR net fine-tuned on minus the mean PSNR of its crops (loss "psnr"): the IR net demo-sr4x ships
   denoiser-ft  that denoiser fine-tuned with every noise level of the demos' steps weighed alike (loss "eps"),
             flat colours included: the denoiser both demos ship
   fusion    FusionNet, IR net and denoiser frozen (training images and flat colours)
@@ -65,12 +66,16 @@ EVAL_CROP = 256            # HR centre crops for tune and eval (LR 64×64)
 SMOOTH_DB = 40.0           # a crop is "smooth" when bicubic upsampling already reaches this PSNR
 RECIPES = {  # steps, global batch, HR crop, Adam lr, staircase decay, decay every; IR: loss, film grain σ ≤
     "ir": dict(steps=6000, batch=16, crop=192, lr=5e-4, lr_decay=0.5, lr_every=2000, loss="l1", grain=0.0),
+    # then minus the crops' mean PSNR: with L1 over the batch, textured crops and dead leaves set the gradient
+    "ir_ft": dict(steps=1000, batch=8, crop=128, lr=1e-4, lr_decay=0.5, lr_every=400, loss="psnr", grain=0.0),
     "denoiser": dict(steps=4000, batch=8, crop=64, lr=4e-4, lr_decay=0.5, lr_every=1500),
     # then every noise level the demos' steps see weighed alike (loss "eps"), flat colours included
     "denoiser_ft": dict(steps=1500, batch=8, crop=64, lr=1e-4, lr_decay=0.5, lr_every=600),
-    "fusion": dict(steps=2000, batch=8, crop=64, lr=5e-4, lr_decay=0.5, lr_every=700, ir_anchor=1.0, pool=2048),
+    "fusion": dict(steps=2000, batch=8, crop=64, lr=5e-4, lr_decay=0.5, lr_every=700, ir_anchor=1.0, pool=2048,
+                   loss="psnr"),
     "deblur_ir": dict(steps=20000, batch=8, crop=128, lr=5e-4, lr_decay=0.5, lr_every=8000, loss="l1"),
-    # then on the shake generator's full range of sizes (see stage_train), flat colours included, weights averaged
+    # then on the shake generator's full range of sizes (see stage_train), weights averaged (no flat colours:
+    # the 96² images are smaller than the 128² crops of this stage, ir_ft and deblur_fusion)
     "deblur_ir_ft": dict(steps=2000, batch=8, crop=128, lr=2e-4, lr_decay=0.5, lr_every=800, loss="l1", ema=0.999),
     # loss "psnr": with the MSE (the sr4x recipe) the dead leaves' errors, 10-50x the photos', set the loss, and the
     # fusion learnt to smooth x_IR (DP-IR 0.5 dB below the IR net on val); crops as large as the IR net's
@@ -79,7 +84,7 @@ RECIPES = {  # steps, global batch, HR crop, Adam lr, staircase decay, decay eve
 }
 DENOISER = "denoiser_ft"    # the WORK subfolder of the denoiser every demo ships: "denoiser" fine-tuned
 # per demo: WORK subfolders of its IR net and fusion, its τ record, the file shipped in dpir_fast/pretrained
-DEMOS = {"sr4x": dict(ir="ir", fusion="fusion", tune="tune.json", file="demo_sr4x.pt"),
+DEMOS = {"sr4x": dict(ir="ir_ft", fusion="fusion", tune="tune.json", file="demo_sr4x.pt"),
          "deblur": dict(ir="deblur_ir_ft", fusion="deblur_fusion", tune="deblur_tune.json", file="demo_deblur.pt")}
 
 
@@ -104,9 +109,10 @@ def stage_train(work: Path, name: str) -> None:
     torch.manual_seed(0)
     r = RECIPES[name]
     data, val = _folders(work, r["crop"], ("train", "flat") if name.endswith(("fusion", "_ft")) else ("train",))
-    if name == "ir":
-        task = IRTask("sr4x", CompactSR(**IR_CONFIG).to(memory_format=torch.channels_last), data, r["crop"],
-                      val=val, loss=r["loss"], grain=r["grain"])
+    if name in ("ir", "ir_ft"):
+        net = CompactSR(**IR_CONFIG) if name == "ir" else _load(work / "ir" / "model.pt")
+        task = IRTask("sr4x", net.to(memory_format=torch.channels_last), data, r["crop"], val=val, loss=r["loss"],
+                      grain=r["grain"])
     elif name in ("deblur_ir", "deblur_ir_ft"):
         # deblur_ir_ft continues deblur_ir (20000 steps), whose steps in scripts/demo_states were run before the
         # generator's trajectories stopped depending on their step count (most of its kernels then spanned 3-5 px)
@@ -126,7 +132,7 @@ def stage_train(work: Path, name: str) -> None:
         torch.nn.init.zeros_(fusion.conv_out.weight)  # start from the IR estimate (residual="ir")
         torch.nn.init.zeros_(fusion.conv_out.bias)
         task = FusionTask(demo, fusion.to(memory_format=torch.channels_last), ir, den, data, r["crop"], t_max=T_MAX,
-                          pool=r["pool"], val=val, ir_anchor=r["ir_anchor"], loss=r.get("loss", "mse"))
+                          pool=r["pool"], val=val, ir_anchor=r["ir_anchor"], loss=r["loss"])
     started = time.time()
     result = fit(task, _config(work, name), Processes())
     (work / name / "time.json").write_text(json.dumps({"seconds": time.time() - started, **result}))
@@ -253,7 +259,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "demo")
     parser.add_argument("--stage", default="all",
-                        choices=["all", "data", "ir", "denoiser", "denoiser-ft", "fusion", "tune", "export",
+                        choices=["all", "data", "ir", "ir-ft", "denoiser", "denoiser-ft", "fusion", "tune", "export",
                                  "eval", "deblur-ir", "deblur-ir-ft", "deblur-fusion", "deblur-tune", "deblur-export",
                                  "deblur-eval"])
     parser.add_argument("--threads", type=int,
@@ -278,7 +284,8 @@ def main() -> None:
         stage_export(work, "deblur")
     elif args.stage == "deblur-eval":
         stage_eval_deblur(work)
-    for stage, run in (("denoiser-ft", lambda: stage_train(work, "denoiser_ft")),
+    for stage, run in (("ir-ft", lambda: stage_train(work, "ir_ft")),
+                       ("denoiser-ft", lambda: stage_train(work, "denoiser_ft")),
                        ("fusion", lambda: stage_train(work, "fusion")), ("tune", lambda: stage_tune(work)),
                        ("export", lambda: stage_export(work)), ("eval", lambda: stage_eval(work))):
         if args.stage in (stage, "all"):

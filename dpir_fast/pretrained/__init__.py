@@ -4,12 +4,13 @@ from __future__ import annotations
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-PRETRAINED = {"demo-sr4x": "demo_sr4x.pt"}  # name -> file in this folder
+PRETRAINED = {"demo-sr4x": "demo_sr4x.pt", "demo-deblur": "demo_deblur.pt"}  # name -> file in this folder
 SAMPLE_IMAGE = HERE / "sample.png"  # 128×128 crop of a held-out CC0 photo (MODEL_CARD.md)
 
 
 def checkpoint_path(path_or_name: str | Path) -> Path:
-    """A pipeline file given by its path or by a shipped name ("demo-sr4x"); FileNotFoundError naming both."""
+    """A pipeline file given by its path or by a shipped name ("demo-sr4x", "demo-deblur"); FileNotFoundError
+    naming both."""
     path = Path(path_or_name)
     if path.is_file():
         return path

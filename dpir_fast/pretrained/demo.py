@@ -97,7 +97,7 @@ def run_demo(output: str | Path, image: Path | None = None, seed: int = 0, devic
         f"{time.perf_counter() - started:.1f} s on {device}")
     baseline = imresize(y.cpu(), 4).clamp(0, 1) if task == "sr4x" else y.cpu()
     estimates = [(spec["baseline"], baseline), ("IR net", x_ir.cpu().clamp(0, 1)), ("DP-IR", x.cpu())]
-    panels = [("input (nearest x4)", y.cpu()), *estimates] if task == "sr4x" else estimates
+    panels = [("input (nearest x4)", y.cpu()), *estimates] if task == "sr4x" else [*estimates]
     if target is not None:
         panels.append(("ground truth", target))
         scores = {name: float(psnr(est, target)) for name, est in estimates}
