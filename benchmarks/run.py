@@ -250,7 +250,7 @@ def measure_backend(task: str, b, y, modules, args, cost: dict, peak: float, pro
             ms, _ = measured(f"jump {width}x{height}",
                              lambda: time_ms(lambda: pipe(y_s, seed=0), dev, args.warmup, args.repeats))
             sweep.append(ms / batch)
-    nfe, nfe_s = pipe.nfe, pipe.nfe - 1
+    nfe, nfe_s = pipe.nfe, pipe.nfe - pipe.settings["ir_ensemble"]
     assert nfe == cost["nfe"], (nfe, cost["nfe"])
     ir_ms = comps["ir net"][0] / batch
     step_ms = (jump[0] / batch - ir_ms) / nfe_s

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-FORMAT, VERSION = "dpir_fast", 1
+FORMAT, VERSION = "dpir_fast", 2   # 2: pipeline files keep ir_ensemble (version 1 files read as 1)
 WRAPPER_KEYS = ("params_ema", "params", "state_dict", "model")   # preference order
 RECOMPUTED_BUFFERS = ("attn_mask", "relative_position_index")    # Swin buffers never trusted from files
 

@@ -1,6 +1,6 @@
 """Saving networks and whole pipelines with their architectures, and rebuilding networks from those records.
 
-Own files are ``{"format": "dpir_fast", "version": 1, ...}`` records that hold each network's
+Own files are ``{"format": "dpir_fast", "version": 2, ...}`` records that hold each network's
 architecture name and constructor config beside its weights, so one file rebuilds a pipeline
 (:func:`dpir_fast.pipeline.load_pipeline`). Reading files and loading weights: :mod:`dpir_fast.checkpoint_io`.
 """

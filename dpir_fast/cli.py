@@ -276,8 +276,12 @@ def cmd_restore(args: argparse.Namespace) -> int:
         pipe = _load_pipeline(checkpoint, resolve_device(args.device), args.task, args.tau)
     except (ValueError, OSError) as err:  # CheckpointError is a ValueError
         raise UsageError(f"cannot load {args.checkpoint}: {err}") from None
-    pipe.configure(dtype=args.dtype, tile=args.tile, tile_overlap=args.tile_overlap, batch_size=args.batch_size,
-                   compile=args.compile)
+    ensemble = {} if args.ir_ensemble is None else {"ir_ensemble": args.ir_ensemble}
+    try:
+        pipe.configure(dtype=args.dtype, tile=args.tile, tile_overlap=args.tile_overlap, batch_size=args.batch_size,
+                       compile=args.compile, **ensemble)
+    except ValueError as err:   # a self-ensemble of a burst net
+        raise UsageError(str(err)) from None
     takes_bursts = getattr(pipe, "burst_frames", None) is not None
     if takes_bursts != args.burst:
         raise UsageError("this checkpoint's IR network takes RAW bursts: pass --burst with one folder of frames "
@@ -410,6 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", choices=["sr4x", "deblur", "burst"], help="use this task's sampler preset (tau, tail)")
     p.add_argument("--tau", type=_positive, help="number of diffusion steps run by the networks (overrides)")
     p.add_argument("--seed", type=int, default=0, help="noise seed, the same for every image (default 0)")
+    p.add_argument("--ir-ensemble", type=int, choices=[1, 2, 4, 8], metavar="N",
+                   help="average the IR net over N flips/transpositions of each image: 1, 2, 4 or 8, N times its "
+                        "cost (default: the checkpoint's; the demos ship 8)")
     p.add_argument("--device", type=device_arg, default="auto", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], help="network precision (default bf16 on CUDA "
                    "and on CPUs with native bf16, fp32 on others; `dpir-fast info` says which)")

@@ -95,6 +95,18 @@ def test_pipeline_round_trip(tmp_path):
     assert DPIR.from_checkpoint(path, task="deblur", tau=2).nfe == 3
 
 
+def test_the_ir_ensemble_is_kept_and_older_and_newer_files_are_handled(tmp_path):
+    path = save_checkpoint(tiny_pipeline(tau=2, ir_ensemble=4), tmp_path / "pipe.pt")
+    record = torch.load(path, weights_only=True)
+    assert record["version"] == 2 and DPIR.from_checkpoint(path).settings["ir_ensemble"] == 4
+    del record["pipeline"]["ir_ensemble"]   # what version 1 wrote
+    record["version"] = 1
+    assert DPIR.from_checkpoint(record).settings["ir_ensemble"] == 1
+    record["version"] = 3
+    with pytest.raises(CheckpointError, match="format version 3, newer than this dpir_fast reads .2.; upgrade"):
+        DPIR.from_checkpoint(record)
+
+
 def test_a_model_file_is_not_a_pipeline(tmp_path):
     save_checkpoint(MIRNet(n_feat=8), tmp_path / "mirnet.pt")
     with pytest.raises(CheckpointError, match="single MIRNet"):

@@ -100,6 +100,11 @@ def test_engine_options_reach_the_pipeline(fake, tmp_path, capsys):
     assert fake.settings["compile"] == ("ir", "denoiser", "fusion")
     assert _restore(tmp_path, src, "-o", tmp_path / "out", "--tile-overlap", "-1") == 2
     assert "must be >= 0" in capsys.readouterr().err
+    assert "ir_ensemble" not in fake.settings   # the checkpoint's own unless asked
+    assert _restore(tmp_path, src, "-o", tmp_path / "ens", "--ir-ensemble", "4") == 0
+    assert fake.settings["ir_ensemble"] == 4
+    assert _restore(tmp_path, src, "-o", tmp_path / "ens3", "--ir-ensemble", "3") == 2
+    assert "invalid choice: 3" in capsys.readouterr().err
 
 
 def test_never_overwrites_an_input(fake, tmp_path, capsys):

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from dpir_fast import DPIR
+from dpir_fast.models._common import dihedral, undo_dihedral
 from dpir_fast.pipeline import run_network
 
 from .helpers import tiny_pipeline
@@ -82,6 +83,62 @@ def test_bad_settings_are_rejected():
     pipe = tiny_pipeline()
     with pytest.raises(ValueError, match="seeds"):
         pipe(torch.rand(2, 3, 4, 4), seed=[1])
+
+
+# the 8 flips/transpositions and their inverses, written out (x.mT: transpose of the last two dimensions)
+FLIPS = [(lambda x: x, lambda o: o), (lambda x: x.flip(-1), lambda o: o.flip(-1)),
+         (lambda x: x.flip(-2), lambda o: o.flip(-2)), (lambda x: x.flip(-2, -1), lambda o: o.flip(-2, -1)),
+         (lambda x: x.mT, lambda o: o.mT), (lambda x: x.flip(-1).mT, lambda o: o.mT.flip(-1)),
+         (lambda x: x.flip(-2).mT, lambda o: o.mT.flip(-2)), (lambda x: x.flip(-2, -1).mT, lambda o: o.mT.flip(-2, -1))]
+
+
+def test_dihedral_gives_the_eight_flips_and_transpositions_and_undoes_them():
+    x = torch.rand(2, 3, 5, 5)
+    seen = set()
+    for k, (forward, _) in enumerate(FLIPS):
+        assert torch.equal(dihedral(x, k), forward(x))
+        assert torch.equal(undo_dihedral(dihedral(x, k), k), x)
+        seen.add(dihedral(x, k).numpy().tobytes())
+    assert len(seen) == 8
+    assert dihedral(torch.rand(1, 3, 4, 7), 5).shape == (1, 3, 7, 4)
+
+
+@pytest.mark.parametrize("n", [2, 4, 8])
+def test_the_ir_self_ensemble_averages_the_ir_net_over_flipped_inputs(n):
+    pipe = tiny_pipeline(tau=2, ir_ensemble=n)
+    y = torch.rand(2, 3, 8, 12)   # not square: a transposed input has another shape
+    with torch.no_grad():
+        expected = sum(back(pipe.ir(forward(y))) for forward, back in FLIPS[:n]) / n
+        single = pipe.ir(y)
+    calls = count_calls(pipe.ir)
+    torch.testing.assert_close(pipe.restore_ir(y), expected, rtol=1e-5, atol=1e-6)
+    assert (pipe.restore_ir(y) - single).abs().max() > 1e-4   # the tiny SwinIR is no flip-invariant net
+    assert len(calls) == 2 * n and pipe.nfe == n + 2
+    # the sampler starts from the averaged estimate: as a plain pipeline whose IR net averages by itself
+    averaged = Averaged(pipe.ir, n)
+    plain = DPIR(averaged, pipe.denoiser, pipe.fusion, tau=2, dtype="fp32")
+    torch.testing.assert_close(pipe(y, seed=1), plain(y, seed=1), rtol=1e-5, atol=1e-5)
+
+
+class Averaged(torch.nn.Module):
+    """An IR net that averages ``net`` over the first n of FLIPS itself."""
+
+    def __init__(self, net, n):
+        super().__init__()
+        self.net, self.n, self.scale, self.size_multiple = net, n, net.scale, net.size_multiple
+
+    def forward(self, x):
+        return sum(back(self.net(forward(x))) for forward, back in FLIPS[:self.n]) / self.n
+
+
+def test_ir_ensemble_is_validated_and_refused_for_raw_bursts():
+    for bad in (3, 0, 16, True, "8"):
+        with pytest.raises(ValueError, match=r"ir_ensemble must be one of \(1, 2, 4, 8\)"):
+            tiny_pipeline(ir_ensemble=bad)
+    pipe = tiny_pipeline("burst")
+    pipe.ir.input_kind, pipe.ir.burst_frames = "burst", 2   # as BSRT declares itself
+    with pytest.raises(ValueError, match="Bayer pattern"):
+        pipe.configure(ir_ensemble=2)
 
 
 def test_forward_start_and_ddim_tail_run():

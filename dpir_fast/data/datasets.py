@@ -18,6 +18,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, Sampler
 
+from ..models._common import dihedral
 from .images import ImageReadError, find_images, read_image
 
 CACHE_LIMIT = 2 << 30  # decoded bytes kept in memory by cache="auto"
@@ -118,12 +119,7 @@ def random_crop(x: torch.Tensor, size: int, rng: np.random.Generator, flips: boo
     crop = x[:, top:top + size, left:left + size]
     if flips:
         hflip, vflip, transpose = rng.integers(0, 2, 3)
-        if hflip:
-            crop = crop.flip(-1)
-        if vflip:
-            crop = crop.flip(-2)
-        if transpose:
-            crop = crop.transpose(-1, -2)
+        crop = dihedral(crop, int(hflip + 2 * vflip + 4 * transpose))
     return crop.contiguous()
 
 

@@ -1,4 +1,5 @@
-"""Helpers shared by the network definitions: size padding and the saved-config record."""
+"""Helpers shared by the network definitions: size padding, the saved-config record, the flips and transpositions
+of an image (self-ensembles and training crops)."""
 from __future__ import annotations
 
 import torch
@@ -24,6 +25,25 @@ def crop_to(x: torch.Tensor, size: tuple[int, int], scale: int = 1) -> torch.Ten
     """Undo :func:`pad_to_multiple` on an output that is ``scale`` times the input size."""
     h, w = size
     return x[..., : h * scale, : w * scale]
+
+
+def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-th of the 8 flips/transpositions of x [..., H, W] (k in 0..7): its bits flip left-right (1), flip
+    up-down (2), then transpose (4); k = 0 is x itself. :func:`undo_dihedral` maps an output back."""
+    if k & 1:
+        x = x.flip(-1)
+    if k & 2:
+        x = x.flip(-2)
+    return x.transpose(-1, -2) if k & 4 else x
+
+
+def undo_dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The inverse of :func:`dihedral`: ``undo_dihedral(dihedral(x, k), k) == x``."""
+    if k & 4:
+        x = x.transpose(-1, -2)
+    if k & 2:
+        x = x.flip(-2)
+    return x.flip(-1) if k & 1 else x
 
 
 def check_image_batch(x: torch.Tensor, channels: int, name: str) -> None:
