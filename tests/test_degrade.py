@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from dpir_fast.data.degrade import bicubic_downsample, cubic, imresize, quantize, resize_matrix
+from dpir_fast.data.degrade import (JFIF_LUMA, bicubic_downsample, cubic, imresize, quantize, resize_matrix,
+                                    subsample_chroma)
 
 
 def test_hand_computed_halving():
@@ -77,3 +78,29 @@ def test_bicubic_downsample_rounds_and_checks_size():
         bicubic_downsample(torch.rand(1, 3, 15, 16), 4)
     with pytest.raises(ValueError, match="floating"):
         imresize(torch.zeros(4, 4, dtype=torch.uint8), 0.5)
+
+
+def _ycbcr(x):
+    """JPEG's full-range YCbCr (JFIF), written out."""
+    r, g, b = x.unbind(1)
+    y = 0.299 * r + 0.587 * g + 0.114 * b
+    return torch.stack([y, 0.5 + (b - y) / 1.772, 0.5 + (r - y) / 1.402], 1)
+
+
+def test_subsample_chroma_is_jpegs_420_colour_with_the_luma_kept():
+    torch.manual_seed(0)
+    x = 0.3 + 0.4 * torch.rand(2, 3, 8, 10)   # mid-range: no clamping
+    out = _ycbcr(subsample_chroma(x))
+    ref = _ycbcr(x)
+    torch.testing.assert_close(out[:, 0], ref[:, 0])   # luma untouched
+    # Cb, Cr: 2x2 block means, upsampled bilinearly (half-pixel centres)
+    cbcr = torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(ref[:, 1:], 2), scale_factor=2,
+                                           mode="bilinear", align_corners=False)
+    torch.testing.assert_close(out[:, 1:], cbcr)
+    grey = torch.rand(1, 1, 6, 6).expand(1, 3, 6, 6)
+    torch.testing.assert_close(subsample_chroma(grey), grey)   # no colour: nothing to subsample
+    tint = 0.5 + torch.rand(1, 1, 6, 6) * 0.2 + torch.tensor([0.1, -0.05, 0.0]).view(1, 3, 1, 1)
+    torch.testing.assert_close(subsample_chroma(tint), tint)   # constant colour survives
+    assert abs(sum(JFIF_LUMA) - 1) < 1e-9
+    with pytest.raises(ValueError, match="even H and W"):
+        subsample_chroma(torch.rand(1, 3, 5, 6))

@@ -122,6 +122,25 @@ def test_ir_grain_goes_into_the_target_and_its_degradation(photos):
         IRTask("sr4x", net, ImageFolder(photos, 16), 16, grain=-0.1)
 
 
+def test_ir_chroma_subsamples_the_colour_of_the_chosen_crops(photos):
+    """chroma = p: the crops whose draw is below p get JPEG's 4:2:0 colour before the degradation, in the target
+    too; the others stay as they are."""
+    from dpir_fast.data.degrade import bicubic_downsample, subsample_chroma
+    from dpir_fast.train.ir import IRTask
+
+    x0, net = torch.rand(4, 3, 16, 16), Nearest()
+    chosen = StepRandom(0, 2, Processes(), 4).rand() < 0.5
+    assert 0 < int(chosen.sum()) < 4   # this step's draws pick some crops, not all
+    expected = torch.where(chosen[:, None, None, None], subsample_chroma(x0), x0)
+    task = IRTask("sr4x", net, ImageFolder(photos, 16), 16, loss="mse", chroma=0.5)
+    loss = task.loss(net, torch.arange(4), x0, StepRandom(0, 2, Processes(), 4))
+    torch.testing.assert_close(net.seen, bicubic_downsample(expected, 4))
+    torch.testing.assert_close(loss, ((net(net.seen) - expected) ** 2).mean())
+    assert not torch.allclose(expected, x0) and task.record()["chroma"] == 0.5
+    with pytest.raises(ValueError, match="chroma"):
+        IRTask("sr4x", net, ImageFolder(photos, 16), 16, chroma=1.5)
+
+
 def test_ir_defocus_softens_the_target_and_its_degradation(photos):
     """defocus > 0: each crop is blurred by a Gaussian of σ ~ U[0, defocus] (the step's draws) before the
     degradation, and the loss compares the net's output with that soft crop; σ near 0 leaves a crop as it is."""

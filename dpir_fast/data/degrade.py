@@ -1,4 +1,5 @@
-"""Degradations for training and evaluation: MATLAB-compatible bicubic resizing (the ×4 SR benchmarks' LR images).
+"""Degradations for training and evaluation: MATLAB-compatible bicubic resizing (the ×4 SR benchmarks' LR images),
+and JPEG's 4:2:0 chroma subsampling (``subsample_chroma``, a training augmentation).
 
 ``imresize`` follows MATLAB's ``imresize(x, scale, 'bicubic')``: the cubic convolution kernel with a = −0.5, the
 kernel widened by 1/scale when shrinking (antialiasing), symmetric (mirror) boundary handling, and the dimension
@@ -10,6 +11,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 
 def cubic(x: torch.Tensor, a: float = -0.5) -> torch.Tensor:
@@ -99,3 +101,18 @@ def bicubic_downsample(x: torch.Tensor, factor: int = 4, round_8bit: bool = True
         raise ValueError(f"the HR size {H}x{W} must be a multiple of the factor {factor}; crop it first")
     y = imresize(x, size=(H // factor, W // factor))
     return quantize(y) if round_8bit else y
+
+
+JFIF_LUMA = (0.299, 0.587, 0.114)   # JPEG's luma weights (JFIF, full-range BT.601)
+
+
+def subsample_chroma(x: torch.Tensor) -> torch.Tensor:
+    """x [B, 3, H, W] (H, W even) with its colour at half resolution, as a JPEG with 4:2:0 chroma holds it: the luma
+    (JFIF weights) kept, the chroma x − luma averaged over 2×2 blocks and upsampled bilinearly (a decoder's smooth
+    upsampling), clamped to [0, 1]. Cb and Cr are linear in x − luma, so this is JPEG's subsampling without its
+    quantisation."""
+    if x.dim() != 4 or x.shape[1] != 3 or x.shape[-2] % 2 or x.shape[-1] % 2:
+        raise ValueError(f"subsample_chroma takes RGB [B, 3, H, W] with even H and W, got {tuple(x.shape)}")
+    luma = (x * x.new_tensor(JFIF_LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    chroma = F.interpolate(F.avg_pool2d(x - luma, 2), scale_factor=2, mode="bilinear", align_corners=False)
+    return (luma + chroma).clamp(0, 1)

@@ -11,6 +11,11 @@ leave it soft instead of sharpening it into detail (clean training images teach 
 ``defocus`` > 0 blurs the clean crops first by a Gaussian of σ ~ U[0, defocus] pixels per crop (target and
 degradation alike): photos have soft, out-of-focus areas that a net trained on crisp images sharpens into edges
 that were never there.
+
+``chroma`` > 0 gives that fraction of the clean crops JPEG's 4:2:0 colour, after grain and defocus
+(:func:`~dpir_fast.data.degrade.subsample_chroma`): most photos are JPEGs whose colour is stored at half
+resolution, and a net trained on crisp renders adds colour detail to them that was never there (the luma is left
+alone).
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..data.blur import blur, gaussian_kernel
+from ..data.degrade import subsample_chroma
 from ..data.datasets import CropStream, ImageFolder, center_crops
 from ..metrics import psnr
 from .common import StepRandom, psnr_loss
@@ -36,14 +42,16 @@ class IRTask:
 
     def __init__(self, task: str, model: nn.Module, data: ImageFolder, crop: int, seed: int = 0,
                  val: ImageFolder | None = None, val_images: int = 8, loss: str = "l1", grain: float = 0.0,
-                 defocus: float = 0.0):
+                 defocus: float = 0.0, chroma: float = 0.0):
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {loss!r}")
         if not 0.0 <= grain < 1.0:
             raise ValueError(f"grain is a noise level in [0, 1), got {grain}")
         if not 0.0 <= defocus <= 8.0:
             raise ValueError(f"defocus is a Gaussian blur's largest σ in pixels, in [0, 8], got {defocus}")
-        self.defocus = float(defocus)
+        if not 0.0 <= chroma <= 1.0:
+            raise ValueError(f"chroma is the fraction of crops with subsampled colour, in [0, 1], got {chroma}")
+        self.defocus, self.chroma = float(defocus), float(chroma)
         self.task, self.model, self.seed, self.loss_name, self.grain = task, model, int(seed), loss, float(grain)
         self.dataset = CropStream(data, crop, seed)
         self.val_columns = ("val_psnr",) if val is not None else ()
@@ -60,6 +68,9 @@ class IRTask:
                 size = 2 * math.ceil(3 * self.defocus) + 1
                 sigmas = (rnd.rand() * self.defocus).tolist()
                 x0 = blur(x0, torch.stack([gaussian_kernel(size, s) for s in sigmas]))
+            if self.chroma:
+                chosen = (rnd.rand() < self.chroma).to(x0.device)[:, None, None, None]
+                x0 = torch.where(chosen, subsample_chroma(x0), x0)
             y = degrade_image(self.task, x0, ids, self.seed)
         return LOSSES[self.loss_name](ir_forward(net, y), x0)
 
@@ -71,4 +82,4 @@ class IRTask:
 
     def record(self) -> dict:
         return {"task": self.task, "crop": self.dataset.size, "loss": self.loss_name, "grain": self.grain,
-                "defocus": self.defocus}
+                "defocus": self.defocus, "chroma": self.chroma}
