@@ -112,9 +112,9 @@ class DPIR(nn.Module):
 
     def __init__(self, ir: nn.Module, denoiser: nn.Module, fusion: nn.Module, schedule: Schedule | None = None,
                  tau: int = 5, tail: str = "ancestral", tail_steps: int | None = None, start: str = "jump",
-                 eta: float = 0.0, ir_ensemble: int = 1, backend: str = "auto", dtype: str | None = None, tile=None, tile_overlap: int = 64,
-                 batch_size: int = 4, max_pixels: int | None = None, compile: Sequence[str] | str = (),
-                 graphs: str = "auto", channels_last: bool = True):
+                 eta: float = 0.0, ir_ensemble: int = 1, backend: str = "auto", dtype: str | None = None, tile=None,
+                 tile_overlap: int = 64, batch_size: int = 4, max_pixels: int | None = None,
+                 compile: Sequence[str] | str = (), graphs: str = "auto", channels_last: bool = True):
         super().__init__()
         self.ir, self.denoiser, self.fusion = ir, denoiser, fusion
         self.schedule = schedule if schedule is not None else Schedule.linear()
