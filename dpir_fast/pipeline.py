@@ -120,8 +120,7 @@ class DPIR(nn.Module):
         self.schedule = schedule if schedule is not None else Schedule.linear()
         self._cache: dict = {}   # run-time state: the engine, the compiled networks, the memory probe
         self.configure(tau=tau, tail=tail, tail_steps=tail_steps, start=start, eta=eta, ir_ensemble=ir_ensemble,
-                       backend=backend,
-                       dtype=dtype, tile=tile, tile_overlap=tile_overlap, batch_size=batch_size,
+                       backend=backend, dtype=dtype, tile=tile, tile_overlap=tile_overlap, batch_size=batch_size,
                        max_pixels=max_pixels, compile=compile, graphs=graphs, channels_last=channels_last)
         self.eval()
 
@@ -468,8 +467,9 @@ class DPIR(nn.Module):
             margin = min(DENOISER_MARGIN, x_ir.shape[-1] - 1)   # the probe's margin is no large image's share
             peak_den *= x_ir.shape[-1] ** 2 / (x_ir.shape[-1] + 2 * margin) ** 2
             _, peak_fusion = tiling.peak_bytes(lambda: self.fusion(x_ir, x_den.to(x_ir.dtype), 1))
-            # x_IR, x_t, x0̂ float32 (+ the self-ensemble's current output); the denoiser input
-            buffers = 4 * (3 + (self.settings["ir_ensemble"] > 1)) * x_ir.shape[1] + 4 + 4 * 4
+            # float32 images: x_IR, x_t, x0̂, and the self-ensemble's current output; the denoiser input
+            images = 3 + (1 if self.settings["ir_ensemble"] > 1 else 0)
+            buffers = 4 * (images * x_ir.shape[1] + 1) + 4 * 4
             self._cache[key] = MEMORY_SLACK * (max(peak_ir, peak_den, peak_fusion) / x_ir[0, 0].numel() + buffers)
         return self._cache[key]
 

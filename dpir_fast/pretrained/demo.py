@@ -91,12 +91,12 @@ def run_demo(output: str | Path, image: Path | None = None, seed: int = 0, devic
         y = read_image(image)[0]
     y = y.to(device)
     started = time.perf_counter()
-    x_ir = pipe.restore_ir(y)
     x = pipe(y, seed=seed)
     ensemble = pipe.settings["ir_ensemble"]
     log(f"DP-IR {task}: tau {pipe.tau}, {pipe.settings['tail']} tail, "
         + (f"IR net averaged over {ensemble} flips/transpositions, " if ensemble > 1 else "") + f"NFE {pipe.nfe}, "
         f"{time.perf_counter() - started:.1f} s on {device}")
+    x_ir = pipe.restore_ir(y)   # the IR net's panel (the pipeline keeps its own estimate internal)
     baseline = imresize(y.cpu(), 4).clamp(0, 1) if task == "sr4x" else y.cpu()
     estimates = [(spec["baseline"], baseline), ("IR net", x_ir.cpu().clamp(0, 1)), ("DP-IR", x.cpu())]
     panels = [("input (nearest x4)", y.cpu()), *estimates] if task == "sr4x" else [*estimates]

@@ -26,8 +26,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..data.blur import blur, gaussian_kernel
-from ..data.degrade import subsample_chroma
 from ..data.datasets import CropStream, ImageFolder, center_crops
+from ..data.degrade import subsample_chroma
 from ..metrics import psnr
 from .common import StepRandom, psnr_loss
 from .fusion import degrade_image, ir_forward
