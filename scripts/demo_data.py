@@ -2,11 +2,14 @@
 
 Sources: the photos scikit-image ships; the wallpapers of Debian's gnome-backgrounds, plasma-workspace-wallpapers
 and ukui-wallpapers packages (``apt-get download`` + ``dpkg -x`` into WORK/debs, nothing installed); dead-leaves
-images. They are split by name into train and val (val: never trained on, used for every choice). The photos of
+images. They are split by name into train and val (val: never trained on, used for every choice). The photographs
+of the lomiri-wallpapers-16.04/-20.04 packages (Ubuntu Touch's wallpapers, mostly camera photos) are split the same
+way into photo and photo_val: extra training and validation images for the deblurring demo, kept apart so that the
+sr4x demo's data stay what its nets were trained and tuned on. The photos of
 Debian's mate-backgrounds (nature/) are the test set: no source of training data, looked at only for the final
 scores. Flat colours (WORK/data/flat) are extra training images for the fusion network only. Large images are
 reduced (Lanczos) to at most MAX_SIDE pixels on their long side, everything is saved as 8-bit RGB PNG in
-WORK/data/{train,val,test,flat}, with WORK/data/manifest.json listing each file's origin.
+WORK/data/{train,val,test,flat,photo,photo_val}, with WORK/data/manifest.json listing each file's origin.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from PIL import Image
 MAX_SIDE = 1600
 TRAIN_PACKAGES = ("gnome-backgrounds", "plasma-workspace-wallpapers", "ukui-wallpapers")
 TEST_PACKAGE = "mate-backgrounds"
+PHOTO_PACKAGES = ("lomiri-wallpapers-16.04", "lomiri-wallpapers-20.04")
 SKIMAGE_PHOTOS = ("astronaut", "rocket", "hubble_deep_field", "retina", "camera", "brick", "grass", "gravel",
                   "coins", "moon", "immunohistochemistry", "coffee", "chelsea")
 SKIMAGE_VAL = ("coffee", "chelsea")
@@ -79,13 +83,13 @@ def save(image: Image.Image, path: Path) -> None:
 
 
 def build(work: Path) -> dict:
-    """Write WORK/data/{train,val,test} and manifest.json; returns the manifest."""
+    """Write WORK/data/{train,val,test,flat,photo,photo_val} and manifest.json; returns the manifest."""
     import skimage.data
 
     from dpir_fast.data.dead_leaves import dead_leaves
 
     data, debs = work / "data", work / "debs"
-    manifest = {"train": {}, "val": {}, "test": {}, "flat": {}}
+    manifest = {"train": {}, "val": {}, "test": {}, "flat": {}, "photo": {}, "photo_val": {}}
 
     def put(split: str, name: str, image: Image.Image, origin: str) -> None:
         save(image, data / split / f"{name}.png")
@@ -98,6 +102,10 @@ def build(work: Path) -> dict:
         for name, path in wallpapers(unpack(package, debs)).items():
             with Image.open(path) as im:
                 put("val" if is_val(name) else "train", name, im, f"Debian {package}: {path.name}")
+    for package in PHOTO_PACKAGES:
+        for name, path in wallpapers(unpack(package, debs)).items():
+            with Image.open(path) as im:
+                put("photo_val" if is_val(name) else "photo", name, im, f"Debian {package}: {path.name}")
     for name, path in wallpapers(unpack(TEST_PACKAGE, debs) / "usr/share/backgrounds/mate/nature").items():
         with Image.open(path) as im:
             put("test", name, im, f"Debian {TEST_PACKAGE}: nature/{path.name}")
