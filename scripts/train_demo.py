@@ -72,7 +72,8 @@ TAUS = (1, 2, 3, 5, 10)
 TAU_TOLERANCE_DB = 0.01    # for τ and the IR self-ensemble: see _cheapest
 EVAL_CROP = 256            # HR centre crops for tune and eval (LR 64×64)
 SMOOTH_DB = 40.0           # a crop is "smooth" when bicubic upsampling already reaches this PSNR
-# steps, global batch, HR crop, Adam lr, staircase decay, decay every. IR nets: task, init (the stage whose net is
+# data (the WORK/data folders trained on; train if not named; images smaller than the crop are left out), steps,
+# global batch, HR crop, Adam lr, staircase decay, decay every. IR nets: task, init (the stage whose net is
 # fine-tuned; none: from scratch), loss, grain, defocus, chroma (IRTask). Fusions: ir (the stage of the frozen IR net
 # whose outputs it learns on), ir_anchor, pool, loss (FusionTask).
 RECIPES = {
@@ -86,12 +87,11 @@ RECIPES = {
                      loss="psnr", grain=0.01176, chroma=0.1),   # grain: 3/255 as run
     "denoiser": dict(steps=4000, batch=8, crop=64, lr=4e-4, lr_decay=0.5, lr_every=1500),
     # then every noise level the demos' steps see weighed alike (loss "eps"), flat colours included
-    "denoiser_ft": dict(steps=1500, batch=8, crop=64, lr=1e-4, lr_decay=0.5, lr_every=600),
-    "fusion": dict(ir="ir_ft", steps=2000, batch=8, crop=64, lr=5e-4, lr_decay=0.5, lr_every=700, ir_anchor=1.0,
-                   pool=2048, loss="psnr"),
+    "denoiser_ft": dict(data=("train", "flat"), steps=1500, batch=8, crop=64, lr=1e-4, lr_decay=0.5, lr_every=600),
+    "fusion": dict(ir="ir_ft", data=("train", "flat"), steps=2000, batch=8, crop=64, lr=5e-4, lr_decay=0.5,
+                   lr_every=700, ir_anchor=1.0, pool=2048, loss="psnr"),
     "deblur_ir": dict(task="deblur", steps=20000, batch=8, crop=128, lr=5e-4, lr_decay=0.5, lr_every=8000, loss="l1"),
-    # then on the shake generator's full range of sizes (see stage_train), weights averaged (no flat colours:
-    # the 96² images are smaller than the 128² crops of this stage, ir_ft and deblur_fusion)
+    # then on the shake generator's full range of sizes (see stage_train), weights averaged
     "deblur_ir_ft": dict(task="deblur", init="deblur_ir", steps=2000, batch=8, crop=128, lr=2e-4, lr_decay=0.5,
                          lr_every=800, loss="l1", ema=0.999),
     # then minus the crops' mean PSNR, as ir_ft: the soft and smooth crops count as much as the textured ones
@@ -140,8 +140,7 @@ def stage_train(work: Path, name: str) -> None:
     if state.exists() and read_state(state)["step"] >= r["steps"]:   # keep its time.json: nothing to train
         print(f"{name}: all {r['steps']} steps done ({state})", flush=True)
         return
-    default = ("train", "flat") if name.endswith(("fusion", "_ft")) else ("train",)
-    data, val = _folders(work, r["crop"], r.get("data", default))
+    data, val = _folders(work, r["crop"], r.get("data", ("train",)))
     if "task" in r:
         # deblur_ir_ft continues deblur_ir (20000 steps), whose steps in scripts/demo_states were run before the
         # generator's trajectories stopped depending on their step count (most of its kernels then spanned 3-5 px)
@@ -188,7 +187,7 @@ def _crops(work: Path, *splits: str) -> tuple[list[str], torch.Tensor]:
 
 def _cheapest(scores: dict) -> int:
     """The smallest setting whose mean val PSNR is within TAU_TOLERANCE_DB of the best (each unit costs network
-    evaluations; smaller differences are below what 11 crops tell)."""
+    evaluations; smaller differences are below what a dozen crops tell)."""
     return min(k for k in scores if scores[k] >= max(scores.values()) - TAU_TOLERANCE_DB)
 
 
